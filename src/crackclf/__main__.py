@@ -1,0 +1,5 @@
+import sys
+
+from crackclf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""``crackclf <stage>``: the thin command line that dvc.yaml calls.
+
+Each subcommand loads and validates params.yaml first, then imports its stage
+module (so ``--help`` and the data stages never pay for importing TensorFlow),
+and turns user errors into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from crackclf import CrackclfError, __version__
+
+DESCRIPTION = """\
+Concrete crack classification: download the public dataset, preprocess it,
+train the reference CNN, evaluate it and predict on your own photos.
+`dvc repro` runs the stages in order; each can also be run by hand."""
+
+EPILOG = "Settings live in params.yaml (see README). Exit codes: 0 ok, 1 error, 2 bad usage or params."
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), metavar="FILE",
+        help="settings file (default: %(default)s)",
+    )
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="crackclf", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"crackclf {__version__}")
+    sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    s = sub.add_parser(
+        "download", parents=[common], formatter_class=fmt,
+        help="fetch and verify the dataset archive",
+        description="Fetch download.url (https://, file:// or a local archive or folder) into OUT_DIR: "
+        "streamed with a progress bar, resumed after an interruption, checked against download.sha256, "
+        "and verified to hold Positive/ and Negative/ image folders. A local folder is packed into one zip.",
+    )
+    s.add_argument("out_dir", type=Path, nargs="?", default=Path("data/raw"), help="where the archive goes")
+
+    s = sub.add_parser(
+        "preprocess", parents=[common], formatter_class=fmt,
+        help="decode, de-duplicate and split the images into arrays",
+        description="Read every image of the archive in RAW_DIR, drop byte-identical duplicates and unreadable "
+        "files, convert to grayscale preprocess.image_size squares, and write a stratified "
+        "train/val/test split as uint8 .npy arrays with a manifest.",
+    )
+    s.add_argument("raw_dir", type=Path, nargs="?", default=Path("data/raw"), help="the download stage's output")
+    s.add_argument("out_dir", type=Path, nargs="?", default=Path("data/prepared"), help="where the splits go")
+    s.add_argument("--metrics", type=Path, default=Path("metrics/data.json"), help="counts per class and split")
+
+    s = sub.add_parser(
+        "train", parents=[common], formatter_class=fmt,
+        help="train the CNN and log the run to MLflow",
+        description="Train the reference CNN (train.* in params.yaml) on the prepared splits, on the GPU "
+        "when there is one; log params, per-epoch metrics, device and model to MLflow "
+        "(MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) and register a model version.",
+    )
+    s.add_argument("data_dir", type=Path, nargs="?", default=Path("data/prepared"), help="the prepared splits")
+    s.add_argument("--model", type=Path, default=Path("models/model.keras"), help="the trained model")
+    s.add_argument("--metrics", type=Path, default=Path("metrics/train.json"), help="final and best epoch")
+    s.add_argument("--history", type=Path, default=Path("plots/train/history.csv"), help="per-epoch metrics")
+    s.add_argument("--run-file", type=Path, default=Path("models/mlflow_run.json"), help="MLflow run id")
+    s.add_argument("--fresh", action="store_true", help="ignore the checkpoint of an interrupted run")
+
+    s = sub.add_parser(
+        "evaluate", parents=[common], formatter_class=fmt,
+        help="test-set metrics, plots, and the champion alias",
+        description="Score the model on the test split: metrics JSON, ROC / PR / confusion plots, the worst "
+        "mistakes; log them to the training's MLflow run and promote the model to @champion when "
+        "its test F1 beats the current champion's.",
+    )
+    s.add_argument("data_dir", type=Path, nargs="?", default=Path("data/prepared"), help="the prepared splits")
+    s.add_argument("--model", type=Path, default=Path("models/model.keras"), help="the trained model")
+    s.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"), help="test metrics")
+    s.add_argument("--plots-dir", type=Path, default=Path("plots/eval"), help="plot data and PNGs")
+    s.add_argument("--threshold-file", type=Path, default=Path("models/threshold.json"),
+                   help="the decision threshold, kept beside the model for predict")
+    s.add_argument("--run-file", type=Path, default=Path("models/mlflow_run.json"), help="MLflow run id")
+
+    s = sub.add_parser(
+        "predict", parents=[common], formatter_class=fmt,
+        help="crack probability for your own images",
+        description="Predict crack / no crack for image files and folders (searched recursively). "
+        "Photos at least twice the patch size are cut into tiles; each row then gives the tile count, "
+        "the cracked tiles and the highest tile probability. Rows go to stdout as CSV unless --output.",
+    )
+    s.add_argument("paths", type=Path, nargs="*", metavar="PATH", help="image files or folders")
+    s.add_argument("--model", default="models/model.keras", metavar="FILE|models:/NAME@ALIAS",
+                   help="a .keras file or an MLflow registry URI")
+    s.add_argument("--output", type=Path, metavar="FILE", help="write rows to FILE.csv or FILE.json")
+    s.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the images with their predictions")
+    s.add_argument("--threshold", type=float, metavar="T",
+                   help="crack if probability >= T (default: the one evaluate chose, else 0.5)")
+    s.add_argument("--stride", type=int, metavar="PX", help="tile stride for whole photos (default: predict.stride)")
+    s.add_argument("--examples", type=Path, metavar="DATA_DIR",
+                   help="pipeline mode: predict predict.images, or a few test images of each class from DATA_DIR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    try:
+        from crackclf import config
+
+        params = config.load(args.params)
+        stage = importlib.import_module(f"crackclf.{args.stage}")
+        return int(stage.main(args, params) or 0)
+    except CrackclfError as err:
+        print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"crackclf {args.stage}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

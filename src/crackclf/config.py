@@ -1,0 +1,159 @@
+"""params.yaml, read and validated in one place.
+
+Every stage gets a typed, frozen ``Params`` object. A typo or a wrong type is a
+``ConfigError`` whose one-line message names the key, raised before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crackclf import CrackclfError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ConfigError(CrackclfError):
+    """A bad params.yaml: the message is one line that names the key."""
+
+    exit_code = 2
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DownloadParams(_Section):
+    # Mendeley's own file of the dataset: the RAR archive (about 235 MB).
+    url: str = (
+        "https://data.mendeley.com/public-files/datasets/5y9wdsg2zt/files/"
+        "8a70d8a5-bce9-4291-bab9-b48cfb3e87c3/file_downloaded"
+    )
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    timeout: Annotated[float, Field(gt=0)] = 60.0
+    retries: Annotated[int, Field(ge=0)] = 5
+    max_unpacked_mb: PositiveInt = 4096
+
+
+class PreprocessParams(_Section):
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+    split_by: Literal["file", "block"] = "block"
+    block_size: PositiveInt = 100
+    workers: Annotated[int, Field(ge=0)] = 0  # 0: one per core
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must be below 0.9")
+        return self
+
+
+class TrainParams(_Section):
+    conv_filters: Annotated[list[PositiveInt], Field(min_length=1)] = [16, 32, 32]
+    kernel_size: PositiveInt = 3
+    pool_size: PositiveInt = 2
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    dense_units: PositiveInt = 64
+    augment: bool = False
+    optimizer: Literal["adam"] = "adam"
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
+    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 10
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 3
+    deterministic: bool = False
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    experiment_name: str = "crackclf"
+    registered_model: str = "crackclf"
+
+
+class EvaluateParams(_Section):
+    threshold: float | Literal["auto"] = 0.5  # auto: the F1-best threshold on validation
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value):
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            return value
+        raise ValueError(f"must be a number from 0 to 1 or 'auto', got {value!r}")
+
+    batch_size: PositiveInt = 256
+    worst_examples: Annotated[int, Field(ge=0, le=100)] = 16
+
+
+class PredictParams(_Section):
+    images: list[str] = []  # empty: a few fixed test images of each class
+    examples_per_class: Annotated[int, Field(ge=1, le=32)] = 4
+    tile_size: PositiveInt = 227
+    stride: PositiveInt = 227
+    batch_size: PositiveInt = 256
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0)] = 42
+    download: DownloadParams = DownloadParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    predict: PredictParams = PredictParams()
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt?)"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        if "got " not in msg and "input" in first and not isinstance(first["input"], dict):
+            msg += f", got {first['input']!r}"
+    more = len(err.errors()) - 1
+    return f"{source}: {key}: {msg}" + (f" (and {more} more)" if more else "")
+
+
+def parse(data: object, source: str = "params.yaml") -> Params:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of stage names to settings")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root, or pass --params)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    return parse(data, str(path))
+
+
+def flatten(params: Params) -> dict[str, object]:
+    """Dotted keys (``train.learning_rate``), the way MLflow and DVC name params."""
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", params.model_dump())
+    return out

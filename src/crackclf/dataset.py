@@ -1,0 +1,47 @@
+"""The preprocess stage's output format, shared by train, evaluate and predict.
+
+``data/prepared/`` holds, per split, ``{split}_images.npy`` (uint8, N x size x size x 1)
+and ``{split}_labels.npy`` (uint8, N; crack = 1, no crack = 0), plus ``manifest.csv``
+(``file,label,split``, rows in array order) and ``skipped.csv`` (``file,reason``).
+Plain .npy files load memory-mapped, so a split never has to fit in memory twice.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from crackclf import CrackclfError
+
+SPLITS = ("train", "val", "test")
+CLASS_FOLDERS = {"negative": 0, "positive": 1}  # folder name, lower-cased -> label
+LABEL_NAMES = ("no_crack", "crack")
+
+
+def images_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"{split}_images.npy"
+
+
+def labels_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"{split}_labels.npy"
+
+
+def load_split(data_dir: str | Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, size, size, 1) uint8 and labels (N,) uint8 of one split."""
+    x_path, y_path = images_path(data_dir, split), labels_path(data_dir, split)
+    if not x_path.exists() or not y_path.exists():
+        raise CrackclfError(f"{x_path.parent}: no '{split}' split here (run `dvc repro preprocess` first)")
+    x = np.load(x_path, mmap_mode="r" if mmap else None)
+    y = np.load(y_path)
+    if x.ndim != 4 or x.shape[0] != y.shape[0]:
+        raise CrackclfError(f"{x_path}: unexpected shape {x.shape} for {y.shape[0]} labels")
+    return x, y
+
+
+def read_manifest(data_dir: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of manifest.csv (in array order), optionally of one split only."""
+    with open(Path(data_dir) / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r["split"] == split]
