@@ -13,3 +13,40 @@ REPO = Path(__file__).resolve().parents[1]
 def synthetic_folder(tmp_path_factory) -> Path:
     """A small synthetic dataset: Positive/ and Negative/, 60 JPEGs each, 227x227."""
     return synth.write_dataset(tmp_path_factory.mktemp("synthetic") / "dataset", 60)
+
+
+def write_prepared(out_dir: Path, n_per_class: int = 120, size: int = 32, seed: int = 0,
+                   fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """A prepared-data folder in the preprocess stage's format, straight from the generator."""
+    import csv
+
+    import numpy as np
+
+    from crackclf import dataset, imaging
+
+    rng = np.random.default_rng(seed)
+    rows = {s: [] for s in dataset.SPLITS}
+    for label, folder in ((1, "Positive"), (0, "Negative")):
+        n_train = int(n_per_class * fractions[0])
+        n_val = int(n_per_class * fractions[1])
+        for i in range(n_per_class):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            img = synth.patch(rng, bool(label))
+            rows[split].append((f"{folder}/{i + 1:05d}.jpg", label, imaging.resize(img.convert("L"), size)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "split"])
+        for split in dataset.SPLITS:
+            for name, label, _ in rows[split]:
+                w.writerow([name, label, split])
+            np.save(dataset.images_path(out_dir, split), np.stack([r[2] for r in rows[split]]))
+            np.save(dataset.labels_path(out_dir, split), np.array([r[1] for r in rows[split]], np.uint8))
+    (out_dir / "skipped.csv").write_text("file,reason\n", encoding="utf-8")
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> Path:
+    """Synthetic prepared splits (32x32): 72/24/24 images per class in train/val/test."""
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
