@@ -15,7 +15,7 @@ def synthetic_folder(tmp_path_factory) -> Path:
     return synth.write_dataset(tmp_path_factory.mktemp("synthetic") / "dataset", 60)
 
 
-def write_prepared(out_dir: Path, n_per_class: int = 120, size: int = 32, seed: int = 0,
+def write_prepared(out_dir: Path, n_per_class: int = 150, size: int = 48, seed: int = 0,
                    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
     """A prepared-data folder in the preprocess stage's format, straight from the generator."""
     import csv
@@ -48,5 +48,8 @@ def write_prepared(out_dir: Path, n_per_class: int = 120, size: int = 32, seed: 
 
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory) -> Path:
-    """Synthetic prepared splits (32x32): 72/24/24 images per class in train/val/test."""
+    """Synthetic prepared splits (48x48): 90/30/30 images per class in train/val/test.
+
+    A tiny CNN (filters [8, 16], dense 16, learning rate 0.003) reaches about 95 % test
+    accuracy on it in 10 epochs (2 s)."""
     return write_prepared(tmp_path_factory.mktemp("prepared"))

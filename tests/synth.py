@@ -38,8 +38,8 @@ def draw_crack(img: Image.Image, rng: np.random.Generator) -> list[tuple[float, 
     along = np.linspace(start, end, steps) + wobble
     pts = [(a, b) if vertical else (b, a) for a, b in zip(along, t)]
     draw = ImageDraw.Draw(img)
-    width = max(2, int(rng.uniform(3, 7) * size / 227))
-    darkness = int(rng.uniform(25, 70))
+    width = max(2, int(rng.uniform(6, 12) * size / 227))
+    darkness = int(rng.uniform(10, 50))
     draw.line(pts, fill=darkness, width=width, joint="curve")
     return pts
 
