@@ -50,6 +50,6 @@ def write_prepared(out_dir: Path, n_per_class: int = 150, size: int = 48, seed: 
 def prepared_dir(tmp_path_factory) -> Path:
     """Synthetic prepared splits (48x48): 90/30/30 images per class in train/val/test.
 
-    A tiny CNN (filters [8, 16], dense 16, learning rate 0.003) reaches about 95 % test
-    accuracy on it in 10 epochs (2 s)."""
+    The tiny CNN of ``synth.TINY_PARAMS`` reaches 90 to 100 % test accuracy on it in
+    8 epochs (about 2 s), whatever the seed."""
     return write_prepared(tmp_path_factory.mktemp("prepared"))
