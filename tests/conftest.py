@@ -53,3 +53,24 @@ def prepared_dir(tmp_path_factory) -> Path:
     The tiny CNN of ``synth.TINY_PARAMS`` reaches 90 to 100 % test accuracy on it in
     8 epochs (about 2 s), whatever the seed."""
     return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(prepared_dir, tmp_path_factory) -> Path:
+    """``synth.TINY_PARAMS``' CNN fitted on ``prepared_dir`` (about 2 s), saved as .keras.
+
+    For evaluate and predict tests that need a real trained model without the train stage."""
+    import keras
+
+    from crackclf import config, dataset
+    from crackclf.model import build_model, compile_model
+
+    params = config.parse(synth.TINY_PARAMS)
+    keras.utils.set_random_seed(params.seed)
+    model = compile_model(build_model(params.train, params.preprocess.image_size, params.seed), params.train)
+    x, y = dataset.load_split(prepared_dir, "train", mmap=False)
+    model.fit(x.astype("float32"), y, batch_size=params.train.batch_size, epochs=params.train.epochs,
+              shuffle=True, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path

@@ -1,0 +1,381 @@
+"""Evaluate stage: honest test-set metrics, DVC plots, and the champion alias.
+
+The decision threshold is ``evaluate.threshold``, or with ``auto`` the F1-best
+threshold on the validation split: choosing it on test would leak test labels
+into the score that is meant to estimate new photos. The metric computation is a
+pure function of (labels, probabilities, threshold), so tests check it by hand.
+
+Results go to the metrics JSON (``dvc exp show``), plot data and PNGs
+(``dvc plots show``), ``threshold.json`` beside the model (``crackclf predict``
+uses it), and the training's MLflow run: ``test_``-prefixed metrics, the files as
+artifacts under ``eval/``, and the registered version gets the alias
+``champion`` when its test F1 beats the current champion's. The files are
+written even when MLflow cannot be reached; one line on stderr says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crackclf import CrackclfError, dataset, predict
+
+MAX_CURVE_POINTS = 500  # per curve file: enough for a smooth plot, small enough for dvc plots
+CHAMPION = "champion"
+PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png", "worst_errors.png")
+CSV_FILES = ("predictions.csv", "roc.csv", "precision_recall.csv")
+
+
+# --- pure metric functions ---------------------------------------------------------------------
+
+def compute_metrics(y_true, probabilities, threshold: float) -> dict:
+    """Classification metrics at ``threshold``; ``roc_auc``/``average_precision`` are None for one class."""
+    from sklearn import metrics as m
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(probabilities, np.float64)
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in m.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    both = 0 < y.sum() < len(y)
+    out = {
+        "accuracy": m.accuracy_score(y, pred),
+        "precision": m.precision_score(y, pred, zero_division=0),
+        "recall": m.recall_score(y, pred, zero_division=0),
+        "f1": m.f1_score(y, pred, zero_division=0),
+        "roc_auc": m.roc_auc_score(y, p) if both else None,
+        "average_precision": m.average_precision_score(y, p) if both else None,
+        "loss": m.log_loss(y, p, labels=[0, 1]),
+        "threshold": threshold,
+    }
+    out = {k: None if v is None else round(float(v), 6) for k, v in out.items()}
+    return {**out, "n_test": len(y), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def best_f1_threshold(y_true, probabilities) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 on the given labels.
+
+    Every threshold between the chosen score and the next lower score gives the
+    same predictions; the midpoint leaves a margin on both sides.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(probabilities, np.float64)
+    if not 0 < y.sum() < len(y):
+        raise CrackclfError("evaluate.threshold auto needs both classes in the validation split")
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    k = int(np.argmax(f1))
+    chosen = float(thresholds[k])
+    below = p[p < chosen]
+    threshold = (float(below.max()) + chosen) / 2 if below.size else chosen
+    return threshold, float(f1[k])
+
+
+def downsample(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
+    """Evenly spaced indices into a curve of ``n`` points, first and last kept."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def curves(y_true, probabilities, max_points: int = MAX_CURVE_POINTS) -> tuple[list[dict], list[dict]]:
+    """ROC rows (fpr, tpr, threshold) and PR rows (recall, precision, threshold), downsampled.
+
+    Thresholds are capped at 1.0: sklearn's "above every score" point is +inf.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(probabilities, np.float64)
+    if not 0 < y.sum() < len(y):
+        return [], []
+    fpr, tpr, roc_t = roc_curve(y, p)
+    precision, recall, pr_t = precision_recall_curve(y, p)
+    pr_t = np.append(pr_t, 1.0)  # the (recall 0, precision 1) end point
+    roc = [{"fpr": _r(fpr[i]), "tpr": _r(tpr[i]), "threshold": _r(min(roc_t[i], 1.0))}
+           for i in downsample(len(fpr), max_points)]
+    pr = [{"recall": _r(recall[i]), "precision": _r(precision[i]), "threshold": _r(min(pr_t[i], 1.0))}
+          for i in downsample(len(recall), max_points)]
+    return roc, pr
+
+
+def _r(value) -> float:
+    return round(float(value), 6)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def choose_threshold(setting, data_dir: Path, model, batch_size: int) -> dict:
+    """The threshold and how it was chosen; ``auto`` looks at the validation split only."""
+    if setting != "auto":
+        return {"threshold": float(setting), "chosen_by": "evaluate.threshold"}
+    x_val, y_val = dataset.load_split(data_dir, "val")
+    threshold, f1 = best_f1_threshold(y_val, predict.predict_proba(model, x_val, batch_size, progress=True))
+    return {"threshold": round(threshold, 6), "chosen_by": "auto: F1-best on the validation split",
+            "val_f1": round(f1, 6), "n_val": len(y_val)}
+
+
+def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, run_file) -> dict:
+    """Score the model on the test split, write every output, log to MLflow; returns the metrics."""
+    data_dir, model_path, metrics_path = Path(data_dir), Path(model_path), Path(metrics_path)
+    plots_dir, threshold_path = Path(plots_dir), Path(threshold_path)
+    cfg = params.evaluate
+
+    model = predict.load_model(model_path)
+    size = predict.input_size(model)
+    x_test, y_test = dataset.load_split(data_dir, "test")
+    if x_test.shape[1:3] != (size, size):
+        raise CrackclfError(f"{data_dir}: images are {x_test.shape[1]} px but the model takes {size} px "
+                            "(preprocess.image_size changed since training? run `dvc repro`)")
+    if len(y_test) == 0:
+        raise CrackclfError(f"{data_dir}: the test split is empty (preprocess.test_fraction is 0)")
+    chosen = choose_threshold(cfg.threshold, data_dir, model, cfg.batch_size)
+    threshold = chosen["threshold"]
+    probs = predict.predict_proba(model, x_test, cfg.batch_size, progress=True)
+    metrics = compute_metrics(y_test, probs, threshold)
+    files = [r["file"] for r in dataset.read_manifest(data_dir, "test")]
+
+    write_plots(plots_dir, y_test, probs, threshold, files, x_test, cfg.worst_examples, metrics)
+    threshold_info = {**chosen, "image_size": size, "model": str(model_path),
+                      "model_sha256": predict.file_sha256(model_path)}
+    predict.atomic_write(threshold_path, lambda f: f.write(json.dumps(threshold_info, indent=2) + "\n"))
+    predict.atomic_write(metrics_path, lambda f: f.write(json.dumps(metrics, indent=2) + "\n"))
+
+    print(summary(metrics, chosen))
+    try:
+        print(log_to_mlflow(run_file, params.train.registered_model, metrics, chosen,
+                            [plots_dir / n for n in PLOT_FILES + CSV_FILES] + [threshold_path, metrics_path]))
+    except Exception as err:  # noqa: BLE001 - tracking is a side channel: the metrics files stand
+        print(f"crackclf evaluate: MLflow not updated ({predict.first_line(err)}); "
+              f"metrics written to {metrics_path}", file=sys.stderr)
+    return metrics
+
+
+def summary(metrics: dict, chosen: dict) -> str:
+    def f(key: str) -> str:
+        return "n/a" if metrics[key] is None else f"{metrics[key]:.4f}"
+
+    return (f"test ({metrics['n_test']} images, threshold {metrics['threshold']:.3f} from {chosen['chosen_by']}): "
+            f"accuracy {f('accuracy')}, precision {f('precision')}, recall {f('recall')}, f1 {f('f1')}, "
+            f"roc_auc {f('roc_auc')}, loss {f('loss')}")
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+def write_plots(plots_dir: Path, y, probs, threshold: float, files: list[str], images,
+                worst: int, metrics: dict) -> None:
+    names = dataset.LABEL_NAMES
+    pred = (probs >= threshold).astype(int)
+    _write_csv(plots_dir / "predictions.csv", ["file", "actual", "predicted", "probability"],
+               [{"file": f, "actual": names[int(t)], "predicted": names[int(q)], "probability": _r(p)}
+                for f, t, q, p in zip(files, y, pred, probs)])
+    roc, pr = curves(y, probs)
+    _write_csv(plots_dir / "roc.csv", ["fpr", "tpr", "threshold"], roc)
+    _write_csv(plots_dir / "precision_recall.csv", ["recall", "precision", "threshold"], pr)
+    _plot_confusion(plots_dir / "confusion_matrix.png", metrics)
+    _plot_curve(plots_dir / "roc.png", roc, "fpr", "tpr", metrics, "ROC",
+                f"AUC {metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "one class only")
+    _plot_curve(plots_dir / "precision_recall.png", pr, "recall", "precision", metrics, "Precision-recall",
+                f"AP {metrics['average_precision']:.4f}" if metrics["average_precision"] is not None
+                else "one class only")
+    _plot_worst(plots_dir / "worst_errors.png", y, probs, threshold, files, images, worst)
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    def write(f) -> None:
+        w = csv.DictWriter(f, fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+    predict.atomic_write(path, write)
+
+
+def _plot_confusion(path: Path, metrics: dict) -> None:
+    from matplotlib.figure import Figure
+
+    cm = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
+    fig = Figure(figsize=(4.6, 4))
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
+    total = max(1, cm.sum())
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, f"{v}\n{v / total:.1%}", ha="center", va="center",
+                color="white" if v > cm.max() / 2 else "black", fontsize=12)
+    ax.set_xticks([0, 1], dataset.LABEL_NAMES)
+    ax.set_yticks([0, 1], dataset.LABEL_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Test confusion matrix (threshold {metrics['threshold']:.3f})\n"
+                 f"accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}", fontsize=10)
+    fig.tight_layout()
+    predict.save_figure(fig, path)
+
+
+def _plot_curve(path: Path, rows: list[dict], x: str, y: str, metrics: dict, title: str, legend: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.4))
+    ax = fig.add_subplot()
+    if rows:
+        ax.plot([r[x] for r in rows], [r[y] for r in rows], color="tab:blue", label=legend)
+    if x == "fpr":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+        fpr = metrics["fp"] / max(1, metrics["fp"] + metrics["tn"])
+        point = (fpr, metrics["recall"])
+    else:
+        prevalence = (metrics["tp"] + metrics["fn"]) / max(1, metrics["n_test"])
+        ax.axhline(prevalence, color="grey", linestyle=":", label="chance")
+        point = (metrics["recall"], metrics["precision"])
+    ax.plot(*point, "o", color="tab:red", label=f"threshold {metrics['threshold']:.3f}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel({"fpr": "false positive rate", "recall": "recall"}[x])
+    ax.set_ylabel({"tpr": "true positive rate (recall)", "precision": "precision"}[y])
+    ax.set_title(f"{title}, test split", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right" if x == "fpr" else "lower left", fontsize=8)
+    fig.tight_layout()
+    predict.save_figure(fig, path)
+
+
+def worst_errors(y, probs, threshold: float, limit: int) -> np.ndarray:
+    """Indices of misclassified images, most confidently wrong first."""
+    y = np.asarray(y).astype(int)
+    wrong = np.flatnonzero((probs >= threshold).astype(int) != y)
+    order = np.argsort(-np.abs(y[wrong] - probs[wrong]), kind="stable")
+    return wrong[order][:limit]
+
+
+def _plot_worst(path: Path, y, probs, threshold: float, files: list[str], images, limit: int) -> None:
+    idx = worst_errors(y, probs, threshold, limit)
+    preds = [
+        predict.Prediction(path=files[i], probability=float(probs[i]),
+                           label=predict.label_name(probs[i], threshold), tiles=1,
+                           crack_tiles=int(probs[i] >= threshold), truth=int(y[i]),
+                           preview=np.asarray(images[i, :, :, 0]))
+        for i in idx
+    ]
+    n_wrong = int(((probs >= threshold).astype(int) != np.asarray(y)).sum())
+    title = (f"{len(preds)} worst of {n_wrong} misclassified test images (threshold {threshold:.3f})"
+             if n_wrong else f"no misclassified test images at threshold {threshold:.3f}")
+    predict.plot_predictions(preds, path, threshold, ncols=min(8, max(1, len(preds))), title=title)
+
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+def log_to_mlflow(run_file, registered_model: str, metrics: dict, chosen: dict, files: list[Path]) -> str:
+    """Log to the training's run and update the champion alias; returns a one-line summary."""
+    from crackclf import tracking
+
+    run_file = Path(run_file)
+    if not run_file.is_file():
+        raise CrackclfError(f"no run file {run_file} (train did not log to MLflow)")
+    info = tracking.read_run_file(run_file)
+    run_id = info["run_id"]
+    uri = tracking.configure()
+    _check_store(uri)
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    client.get_run(run_id)  # fails early, with MLflow's message, if the run is not in this store
+    now = int(time.time() * 1000)
+    logged = {f"test_{k.removesuffix('_test')}": v for k, v in metrics.items() if v is not None}
+    if "val_f1" in chosen:
+        logged["val_f1_at_threshold"] = chosen["val_f1"]
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()])
+    client.set_tag(run_id, "threshold_chosen_by", chosen["chosen_by"])
+    for path in files:
+        if path.is_file():
+            client.log_artifact(run_id, str(path), "eval")
+
+    name = info.get("registered_model") or registered_model
+    version = info.get("model_version")
+    where = f"MLflow run {run_id}"
+    if not version:
+        return f"{where}: metrics logged; no registered model version, so no champion update"
+    decision = update_champion(client, name, str(version), metrics["f1"])
+    for key in ("champion_previous_version", "champion_previous_f1", "promoted"):
+        client.set_tag(run_id, key, decision[key])
+    return f"{where}: metrics logged; {decision['message']}"
+
+
+def update_champion(client, name: str, version: str, f1: float) -> dict:
+    """Give ``version`` the champion alias if its test F1 beats the champion's; record the comparison.
+
+    A champion with no recorded test F1 (set by hand, never evaluated) is
+    replaced: an unknown score cannot be shown to be better.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(err):
+            raise
+        champion = None
+    client.set_model_version_tag(name, version, "test_f1", str(f1))
+    if champion is None:
+        previous, previous_f1, promote = "none", None, True
+        message = f"{name} version {version} is the first {CHAMPION} (test F1 {f1:.4f})"
+    elif str(champion.version) == version:
+        previous, previous_f1, promote = version, _f1_of(client, champion), True
+        message = f"{name} version {version} stays {CHAMPION} (re-evaluated: test F1 {f1:.4f})"
+    else:
+        previous, previous_f1 = str(champion.version), _f1_of(client, champion)
+        promote = previous_f1 is None or f1 > previous_f1
+        old = "unknown" if previous_f1 is None else f"{previous_f1:.4f}"
+        message = (f"{name} version {version} is the new {CHAMPION} (test F1 {f1:.4f} > {old} of version {previous})"
+                   if promote else
+                   f"version {previous} stays {CHAMPION} (test F1 {f1:.4f} of version {version} <= {old})")
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision = {
+        "champion_previous_version": previous,
+        "champion_previous_f1": "none" if previous_f1 is None else str(previous_f1),
+        "promoted": str(promote).lower(),
+    }
+    for key, value in decision.items():
+        client.set_model_version_tag(name, version, key, value)
+    return {**decision, "message": message}
+
+
+def _f1_of(client, version) -> float | None:
+    """The champion's test F1: its version tag, else its run's test_f1 metric."""
+    if "test_f1" in version.tags:
+        return float(version.tags["test_f1"])
+    if version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get("test_f1")
+        return None if value is None else float(value)
+    return None
+
+
+def _check_store(uri: str) -> None:
+    """Fail fast instead of MLflow's minutes of retries, or of creating an empty database."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise CrackclfError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
+    elif uri.startswith("sqlite:///"):
+        from urllib.parse import unquote
+
+        db = unquote(uri.removeprefix("sqlite:///").split("?")[0])
+        if db != ":memory:" and not Path(db).is_file():
+            raise CrackclfError(f"no MLflow store at {Path(db).resolve()}")
+
+
+def main(args, params) -> int:
+    run(params, args.data_dir, args.model, args.metrics, args.plots_dir, args.threshold_file, args.run_file)
+    return 0
