@@ -8,6 +8,7 @@ and turns user errors into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -103,6 +104,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what C++ libraries print while they load (TensorFlow's oneDNN and CPU-feature
+    notes ignore TF_CPP_MIN_LOG_LEVEL), so a user's stderr holds only crackclf's lines.
+    Python exceptions are unaffected: they are raised, not printed, during the import."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -110,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         from crackclf import config
 
         params = config.load(args.params)
-        stage = importlib.import_module(f"crackclf.{args.stage}")
+        with _native_stderr_silenced():
+            stage = importlib.import_module(f"crackclf.{args.stage}")
         return int(stage.main(args, params) or 0)
     except CrackclfError as err:
         print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)
