@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crackclf import CrackclfError
 
@@ -35,10 +35,18 @@ def open_gray(source: str | Path | bytes, draft_size: tuple[int, int] | None = N
         if img.format == "JPEG":
             img.draft("L", draft_size or img.size)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies every upright image
         return _to_gray(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{name}: not a readable image ({err})") from None
+    except Exception as err:  # noqa: BLE001 - untrusted bytes: any decoder failure means "unreadable"
+        raise ImageError(f"{name}: not a readable image ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    # Pillow's "cannot identify image file <_io.BytesIO object at 0x...>" holds a memory
+    # address: keep messages free of it, so the list of skipped files is reproducible.
+    if isinstance(err, UnidentifiedImageError):
+        return "unknown or damaged image format"
+    return str(err) or type(err).__name__
 
 
 def _to_gray(img: Image.Image) -> Image.Image:

@@ -1,0 +1,503 @@
+"""Preprocess stage: the downloaded archive -> de-duplicated, split uint8 arrays.
+
+Every image under ``Positive/`` and ``Negative/`` is read once from the archive
+(``archive.iter_images``, in this process), hashed, and, if its bytes are new,
+sent in chunks to worker processes that decode it with ``imaging.load_patch``
+(the decode path predict uses too, so training and serving see the same pixels).
+
+Byte-identical files are collapsed before the split (the real dataset has about
+3,100 of them), so no image sits in both train and test: the lowest name of each
+group is kept. A group whose copies sit under both classes cannot be labelled,
+so all its copies are dropped and listed as conflicting. Corrupt, truncated and
+non-image files are listed in ``skipped.csv`` with the reason, never a crash.
+
+The split is stratified by class, seeded by ``seed``, and comes in two kinds
+(``preprocess.split_by``):
+
+- ``block`` (default): runs of ``block_size`` file numbers (the leading integer
+  of the base name: ``00123.jpg`` and ``00123_1.jpg`` are both 123) go to one
+  split together, per class. Neighbouring numbers are patches cut from one photo,
+  so this keeps near-duplicates out of test: its scores are the honest estimate
+  for new photos. Fractions are met as closely as whole blocks allow.
+- ``file``: each image goes its own way. Patches of one photo then land in train
+  and test alike, so test scores are optimistic (partly a memory test of photos
+  seen in training); useful to compare with published figures that split this way.
+
+Every split whose fraction is above 0 gets at least one image of each class, or
+the stage stops with a one-line error; a fraction of 0 gives an empty split.
+
+Output (see ``dataset``): ``{split}_images.npy`` / ``{split}_labels.npy``,
+``manifest.csv`` with rows in array order (sorted by label, then file name,
+within each split), ``skipped.csv``, ``duplicates.csv`` (each dropped copy and
+the file kept for it) and the metrics JSON. Same inputs and params give
+byte-identical files; the output folder is swapped in whole, never half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import mmap
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crackclf import CrackclfError, archive, dataset, imaging
+
+CHUNK_SIZE = 64  # images per worker task: amortises the IPC, still balances the workers
+CHUNK_BYTES = 4 << 20  # and at most this much decoded pixels per task (large image_size)
+CONFLICT_REASON = "identical bytes under both classes: label unknown, all copies dropped"
+_WRITE_BATCH = 256  # images per pwrite when saving the arrays
+_WORKER_DIED = "a decoding worker process died (killed for lack of memory?)"
+_LEADING_NUMBER = re.compile(r"\d+")
+
+
+def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path) -> dict:
+    """Preprocess the dataset in ``raw_dir`` into ``out_dir``; write and return the data metrics."""
+    pp = params.preprocess
+    source = find_source(raw_dir)
+    workers = pp.workers or os.cpu_count() or 1
+    read = read_and_decode(source, params.download.max_unpacked_mb * 2**20, pp.image_size, workers)
+    files = collapse(read)
+    if not files.kept:
+        raise CrackclfError(f"{source}: no readable images under Positive/ or Negative/")
+    splits = split(files.kept, pp.val_fraction, pp.test_fraction, pp.split_by, pp.block_size, params.seed)
+    metrics = _metrics(files, splits)
+    _replace_dir(Path(out_dir), lambda tmp: _write_outputs(tmp, read, files, splits, pp.image_size, workers))
+    _replace_file(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(args, params) -> int:
+    m = run(params, args.raw_dir, args.out_dir, args.metrics)
+    counts = " / ".join(f"{s} {m['splits'][s]['total']:,}" for s in dataset.SPLITS)
+    print(
+        f"{args.out_dir}: {m['images']:,} images ({counts}) from {m['files']:,} files; "
+        f"{m['duplicates']:,} duplicates collapsed, {m['skipped']:,} skipped (see skipped.csv)"
+    )
+    return 0
+
+
+# --- reading and decoding --------------------------------------------------------------------------
+
+
+def find_source(raw_dir: str | Path) -> Path:
+    """What to read: ``raw_dir`` itself if it holds class folders (or is a file), else its one archive."""
+    raw_dir = Path(raw_dir)
+    if raw_dir.is_file():
+        return raw_dir
+    if not raw_dir.is_dir():
+        raise CrackclfError(f"{raw_dir}: not found (run `crackclf download` or `dvc repro download` first)")
+    entries = [p for p in sorted(raw_dir.iterdir()) if not p.name.startswith(".")]
+    if any(p.is_dir() and p.name.lower() in dataset.CLASS_FOLDERS for p in entries):
+        return raw_dir
+    files = [p for p in entries if p.is_file()]
+    if len(files) != 1:
+        names = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise CrackclfError(
+            f"{raw_dir}: expected one archive file or Positive/ and Negative/ folders, "
+            f"found {len(files)} files" + (f" ({names})" if files else "")
+        )
+    return files[0]
+
+
+@dataclass
+class Read:
+    """Every file read (archive order) and the decoded pixels of each distinct content."""
+
+    chunk_size: int
+    names: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    contents: list[int] = field(default_factory=list)  # per file: the number of its distinct content
+    chunks: list[np.ndarray] = field(default_factory=list)  # content c: chunks[c // CHUNK][c % CHUNK]
+    errors: dict[int, str] = field(default_factory=dict)  # content number -> why it is unreadable
+
+    def save_images(self, arrays: dict[Path, list[int]], size: int, threads: int) -> None:
+        """Write one .npy per path, holding these contents in this order, in parallel slices.
+
+        No split is ever assembled in memory (that would be one more copy of every
+        image, and first writes to fresh memory are slow on virtual machines); slices
+        of 256 images are gathered into per-thread buffers and written with pwrite,
+        which releases the GIL, so the kernel's copies run on every core.
+        """
+        per_image = size * size
+        local = threading.local()
+        tasks = []
+
+        def write(task: tuple[int, int, list[int]]) -> None:
+            fd, offset, contents = task
+            if not hasattr(local, "buf"):
+                local.buf = np.empty((_WRITE_BATCH, size, size, 1), np.uint8)
+            buf = local.buf[: len(contents)]
+            for i, c in enumerate(contents):
+                buf[i] = self.chunks[c // self.chunk_size][c % self.chunk_size]
+            view = memoryview(buf).cast("B")
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+
+        fds = []
+        try:
+            for path, contents in arrays.items():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                fds.append(fd)
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {
+                    "descr": "|u1", "fortran_order": False, "shape": (len(contents), size, size, 1)})
+                os.pwrite(fd, header.getvalue(), 0)
+                tasks += [(fd, len(header.getvalue()) + start * per_image, contents[start:start + _WRITE_BATCH])
+                          for start in range(0, len(contents), _WRITE_BATCH)]
+            with ThreadPoolExecutor(max(1, threads)) as pool:
+                list(pool.map(write, tasks))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def read_and_decode(source: Path, max_unpacked_bytes: int, size: int, workers: int) -> Read:
+    """Read the archive in this process; decode each distinct content once, over ``workers`` processes.
+
+    Byte-identical files are found by hash here, so a copy costs a hash, not a decode.
+    """
+    from tqdm import tqdm
+
+    read = Read(chunk_size=max(1, min(CHUNK_SIZE, CHUNK_BYTES // (size * size))))
+    seen: dict[bytes, int] = {}
+
+    def new_contents(bar) -> Iterator[bytes]:
+        for name, label, data in archive.iter_images(source, max_unpacked_bytes):
+            bar.update()
+            read.names.append(name)
+            read.labels.append(label)
+            digest = hashlib.sha256(data).digest()
+            content = seen.get(digest)
+            if content is None:
+                content = seen[digest] = len(seen)
+                yield data
+            read.contents.append(content)
+
+    # Workers fork before the bar starts its monitor thread: forking a process with threads is fragile.
+    with _Decoder(size, workers, read.chunk_size) as decoder, \
+            tqdm(desc="preprocess", unit=" files", file=sys.stderr) as bar:
+        for pixels, errors in decoder.map(_chunks(new_contents(bar), read.chunk_size)):
+            base = len(read.chunks) * read.chunk_size
+            read.errors.update((base + row, reason) for row, reason in errors)
+            read.chunks.append(pixels)
+    return read
+
+
+def _chunks(items: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def decode_into(out: np.ndarray, datas: list[bytes], size: int) -> list[tuple[int, str]]:
+    """Decode image files into ``out[i]``; returns ``(i, reason)`` for the unreadable ones (left black)."""
+    errors = []
+    for row, data in enumerate(datas):
+        try:
+            out[row] = imaging.load_patch(data, size)
+        except imaging.ImageError as err:
+            out[row] = 0
+            errors.append((row, str(err).removeprefix("<bytes>: ")))
+    return errors
+
+
+class _Decoder:
+    """``map(chunks)`` yields ``(pixels, errors)`` per chunk, in order, decoded here or in forked workers.
+
+    A worker gets a chunk's file bytes over its pipe and writes the pixels into a slot
+    of a ring in shared memory, so only compressed bytes and error lists cross pipes:
+    pickling 16 KiB of pixels back per image (multiprocessing.Pool) cost the main
+    process several times more than reading the archive. Up to ``2 * workers + 1``
+    chunks are in flight, so the archive is read while the workers decode and memory
+    stays bounded. Without ``fork`` (Windows) everything runs in this process.
+    """
+
+    def __init__(self, size: int, workers: int, chunk_size: int):
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        self.size, self.chunk_size = size, chunk_size
+        self.workers = workers if forkable else 1
+        self.slots = 2 * self.workers + 1
+        self.ring: np.ndarray | None = None
+        self.procs: list = []
+        self.conns: list = []
+
+    def __enter__(self) -> _Decoder:
+        if self.workers > 1:
+            shape = (self.slots, self.chunk_size, self.size, self.size, 1)
+            self.ring = np.ndarray(shape, np.uint8, buffer=mmap.mmap(-1, int(np.prod(shape))))
+            ctx = multiprocessing.get_context("fork")
+            for _ in range(self.workers):
+                conn, child_conn = ctx.Pipe()
+                # The child also inherits the main ends of earlier workers' pipes: it closes them, so
+                # that each worker sees the end of its pipe when the main process goes away.
+                args = (child_conn, list(self.conns), self.ring, self.size)
+                proc = ctx.Process(target=_worker, args=args, daemon=True)
+                proc.start()
+                child_conn.close()  # so a dead worker shows as EOF here instead of a hang
+                self.procs.append(proc)
+                self.conns.append(conn)
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        for conn, proc in zip(self.conns, self.procs):
+            if exc_type is None:
+                conn.send(None)
+            else:
+                proc.terminate()
+            conn.close()
+        for proc in self.procs:
+            proc.join()
+        self.ring = None
+
+    def map(self, chunks: Iterable[list[bytes]]) -> Iterator[tuple[np.ndarray, list[tuple[int, str]]]]:
+        if self.ring is None:
+            for chunk in chunks:
+                pixels = np.empty((len(chunk), self.size, self.size, 1), np.uint8)
+                yield pixels, decode_into(pixels, chunk, self.size)
+            return
+        pending: deque = deque()
+        for k, chunk in enumerate(chunks):
+            if len(pending) == self.slots:
+                yield self._collect(pending.popleft())
+            slot, conn = k % self.slots, self.conns[k % self.workers]
+            try:
+                conn.send((slot, chunk))
+            except OSError:  # broken pipe
+                raise RuntimeError(_WORKER_DIED) from None
+            pending.append((slot, len(chunk), conn))
+        while pending:
+            yield self._collect(pending.popleft())
+
+    def _collect(self, task) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        slot, n, conn = task
+        try:
+            errors = conn.recv()
+        except EOFError:
+            raise RuntimeError(_WORKER_DIED) from None
+        if isinstance(errors, BaseException):
+            raise errors
+        return self.ring[slot, :n].copy(), errors
+
+
+def _worker(conn, inherited: list, ring: np.ndarray, size: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for other in inherited:
+        other.close()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the main process is gone
+            return
+        if task is None:
+            return
+        slot, chunk = task
+        try:
+            conn.send(decode_into(ring[slot, : len(chunk)], chunk, size))
+        except Exception as err:  # a bug, not a bad image: let the main process raise it
+            conn.send(err)
+
+
+# --- de-duplication --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    label: int
+    content: int
+
+
+@dataclass
+class Files:
+    """The fate of every file read: kept, dropped as a duplicate, or skipped."""
+
+    kept: list[Entry]
+    duplicates: list[tuple[str, str]]  # (dropped copy, the file kept for it), by name
+    skipped: list[tuple[str, str]]  # (file, reason), by name
+    duplicate_groups: int
+    conflicting: int
+    files: int
+
+
+def collapse(read: Read) -> Files:
+    """Keep the lowest name of each group of byte-identical files; list the rest and the unreadable."""
+    groups: dict[int, list[int]] = {}
+    for i, content in enumerate(read.contents):
+        groups.setdefault(content, []).append(i)
+    kept, duplicates, skipped, duplicate_groups, conflicting = [], [], [], 0, 0
+    for content, members in groups.items():
+        members.sort(key=lambda i: read.names[i])
+        if content in read.errors:
+            skipped += [(read.names[i], read.errors[content]) for i in members]
+        elif len({read.labels[i] for i in members}) > 1:
+            skipped += [(read.names[i], CONFLICT_REASON) for i in members]
+            conflicting += len(members)
+        else:
+            first = members[0]
+            kept.append(Entry(read.names[first], read.labels[first], content))
+            duplicates += [(read.names[i], read.names[first]) for i in members[1:]]
+            duplicate_groups += len(members) > 1
+    return Files(
+        kept=sorted(kept, key=lambda im: (im.label, im.name)),
+        duplicates=sorted(duplicates),
+        skipped=sorted(skipped),
+        duplicate_groups=duplicate_groups,
+        conflicting=conflicting,
+        files=len(read.names),
+    )
+
+
+# --- the split -------------------------------------------------------------------------------------
+
+
+def block_key(name: str, block_size: int) -> tuple:
+    """Neighbouring file numbers share a block: ``00123_1.jpg`` -> 123 // block_size; no number: its own."""
+    m = _LEADING_NUMBER.match(name.rpartition("/")[2])
+    return (0, int(m.group()) // block_size, "") if m else (1, 0, name)
+
+
+def split(images: list[Entry], val_fraction: float, test_fraction: float, split_by: str,
+          block_size: int, seed: int) -> dict[str, list[Entry]]:
+    """Stratified split into ``dataset.SPLITS``, whole units (files or blocks) at a time.
+
+    Each split's images come sorted by (label, name): the array order.
+    """
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Entry]] = {s: [] for s in dataset.SPLITS}
+    for label in sorted({im.label for im in images}):
+        units: dict[tuple, list[Entry]] = {}
+        for im in images:
+            if im.label == label:
+                key = block_key(im.name, block_size) if split_by == "block" else (im.name,)
+                units.setdefault(key, []).append(im)
+        keys = sorted(units)
+        shuffled = [units[keys[i]] for i in rng.permutation(len(keys))]
+        by_block = split_by == "block"
+        for s, members in _assign(shuffled, fractions, by_block, dataset.LABEL_NAMES[label]).items():
+            out[s] += [im for unit in members for im in unit]
+    return {s: sorted(ims, key=lambda im: (im.label, im.name)) for s, ims in out.items()}
+
+
+def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: bool,
+            label_name: str) -> dict[str, list[list[Entry]]]:
+    """Deal units (in the given order) to the split furthest below its target, then fill any empty split."""
+    wanted = [s for s in dataset.SPLITS if fractions[s] > 0]  # a fraction of 0 asks for an empty split
+    n = sum(len(u) for u in units)
+    target = {s: round(n * fractions[s]) for s in ("val", "test")}
+    target["train"] = n - target["val"] - target["test"]
+    got = {s: 0 for s in dataset.SPLITS}
+    dealt: dict[str, list[list[Entry]]] = {s: [] for s in dataset.SPLITS}
+    for unit in units:
+        s = max(wanted, key=lambda s: target[s] - got[s])  # ties: the first in SPLITS
+        dealt[s].append(unit)
+        got[s] += len(unit)
+    for s in wanted:
+        if dealt[s]:
+            continue
+        if len(units) < len(wanted):
+            unit = "block" if by_block else "image"
+            advice = "more images, a smaller preprocess.block_size, or preprocess.split_by: file" if by_block \
+                else "more images"
+            raise CrackclfError(
+                f"{len(units)} {label_name} {unit}{'s' if len(units) != 1 else ''} cannot fill "
+                f"{len(wanted)} splits: the {s} split would get none of them (use {advice})"
+            )
+        donor = max(wanted, key=lambda d: len(dealt[d]))
+        smallest = min(range(len(dealt[donor])), key=lambda i: len(dealt[donor][i]))
+        dealt[s].append(dealt[donor].pop(smallest))
+    return dealt
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def _metrics(files: Files, splits: dict[str, list[Entry]]) -> dict:
+    def per_class(images: list[Entry]) -> dict[str, int]:
+        counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
+        return {**counts, "total": len(images)}
+
+    return {
+        "files": files.files,  # read under the class folders
+        "images": len(files.kept),  # distinct readable images, all in the arrays
+        "duplicates": len(files.duplicates),  # byte-identical copies collapsed into a kept file
+        "duplicate_groups": files.duplicate_groups,
+        "skipped": len(files.skipped),  # rows of skipped.csv: unreadable and conflicting files
+        "conflicting": files.conflicting,  # identical bytes under both classes
+        "classes": per_class(files.kept),
+        "splits": {s: per_class(ims) for s, ims in splits.items()},
+    }
+
+
+def _write_outputs(out: Path, read: Read, files: Files, splits: dict[str, list[Entry]], size: int,
+                   threads: int) -> None:
+    arrays = {dataset.images_path(out, s): [im.content for im in images] for s, images in splits.items()}
+    read.save_images(arrays, size, threads)
+    for s, images in splits.items():
+        np.save(dataset.labels_path(out, s), np.array([im.label for im in images], np.uint8))
+    _write_csv(out / "manifest.csv", ("file", "label", "split"),
+               ((im.name, im.label, s) for s, images in splits.items() for im in images))
+    _write_csv(out / "skipped.csv", ("file", "reason"), files.skipped)
+    _write_csv(out / "duplicates.csv", ("file", "kept"), files.duplicates)
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _replace_dir(out_dir: Path, fill) -> None:
+    """Fill a temporary folder beside ``out_dir``, then swap it in: never a half-written output."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if out_dir.is_dir() and not out_dir.is_symlink():
+            os.rename(out_dir, old)
+        elif out_dir.exists() or out_dir.is_symlink():
+            out_dir.unlink()
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old.exists() and not out_dir.exists():
+            os.rename(old, out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,277 @@
+"""The preprocess stage on small synthetic archives: format, de-duplication, skips, splits, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import multiprocessing
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import synth
+from crackclf import CrackclfError, cli, config, dataset, imaging, preprocess
+
+
+def make_zip(folder: Path, zip_path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """Zip a dataset folder (plus extra members) into a folder of its own, like the download stage's output."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(folder).as_posix())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return zip_path.parent
+
+
+def make_params(**preprocess_params):
+    pp = {"image_size": 32, "workers": 1, "split_by": "file", **preprocess_params}
+    return config.parse({"seed": 0, "preprocess": pp})
+
+
+def run(raw: Path, out: Path, **preprocess_params) -> dict:
+    return preprocess.run(make_params(**preprocess_params), raw, out / "prepared", out / "data.json")
+
+
+def member_bytes(raw: Path) -> dict[str, bytes]:
+    (zip_path,) = raw.iterdir()
+    with zipfile.ZipFile(zip_path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def synth_jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    synth.patch(np.random.default_rng(seed + 1000), bool(seed % 2), 32).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """20 + 20 synthetic 64 px JPEGs, numbered 00001.jpg to 00020.jpg per class."""
+    return synth.write_dataset(tmp_path_factory.mktemp("small") / "dataset", 20, size=64)
+
+
+@pytest.fixture(scope="module")
+def small_raw(small, tmp_path_factory) -> Path:
+    return make_zip(small, tmp_path_factory.mktemp("raw") / "raw" / "data.zip")
+
+
+def test_arrays_match_manifest_labels_and_decode_path(small_raw, tmp_path):
+    metrics = run(small_raw, tmp_path)
+    out = tmp_path / "prepared"
+    members = member_bytes(small_raw)
+    seen = []
+    for split in dataset.SPLITS:
+        x, y = dataset.load_split(out, split)
+        rows = dataset.read_manifest(out, split)
+        assert x.dtype == np.uint8 and y.dtype == np.uint8
+        assert x.shape == (len(rows), 32, 32, 1) and y.shape == (len(rows),)
+        assert [r["file"] for r in rows] == sorted((r["file"] for r in rows), key=lambda f: ("Positive" in f, f))
+        for i, row in enumerate(rows):
+            assert int(row["label"]) == y[i] == (1 if row["file"].startswith("Positive/") else 0)
+            np.testing.assert_array_equal(x[i], imaging.load_patch(members[row["file"]], 32))
+        seen += [r["file"] for r in rows]
+    assert sorted(seen) == sorted(members)
+    assert metrics["files"] == metrics["images"] == 40
+    assert metrics["classes"] == {"no_crack": 20, "crack": 20, "total": 40}
+    assert metrics["skipped"] == metrics["duplicates"] == 0
+
+
+def test_split_is_stratified(tmp_path):
+    folder = synth.write_dataset(tmp_path / "dataset", 30, size=48)
+    raw = make_zip(folder, tmp_path / "raw" / "data.zip")
+    metrics = run(raw, tmp_path, val_fraction=0.2, test_fraction=0.1)
+    expected = {"train": 21, "val": 6, "test": 3}
+    for split, n in expected.items():
+        assert metrics["splits"][split] == {"no_crack": n, "crack": n, "total": 2 * n}
+        _, y = dataset.load_split(tmp_path / "prepared", split)
+        assert Counter(y.tolist()) == {0: n, 1: n}
+
+
+def test_duplicates_collapsed_before_the_split(small, tmp_path):
+    p3 = (small / "Positive" / "00003.jpg").read_bytes()
+    n5 = (small / "Negative" / "00005.jpg").read_bytes()
+    p7 = (small / "Positive" / "00007.jpg").read_bytes()
+    extra = {
+        "Positive/00000_copy.jpg": p3,  # sorts before 00003.jpg: this name is the one kept
+        "Positive/99999.jpg": p3,
+        "Negative/00090.jpg": n5,
+        "Negative/00077.jpg": p7,  # the same bytes under both classes: both copies dropped
+    }
+    raw = make_zip(small, tmp_path / "raw" / "data.zip", extra)
+    metrics = run(raw, tmp_path, val_fraction=0.25, test_fraction=0.25)
+    assert metrics["files"] == 44
+    assert metrics["duplicates"] == 3 and metrics["duplicate_groups"] == 2
+    assert metrics["conflicting"] == 2 and metrics["skipped"] == 2
+    assert metrics["images"] == 44 - 3 - 2 == metrics["classes"]["total"]
+
+    out = tmp_path / "prepared"
+    rows = dataset.read_manifest(out)
+    names = [r["file"] for r in rows]
+    assert "Positive/00000_copy.jpg" in names and "Positive/00003.jpg" not in names
+    assert "Positive/99999.jpg" not in names and "Negative/00090.jpg" not in names
+    assert "Positive/00007.jpg" not in names and "Negative/00077.jpg" not in names
+    members = member_bytes(raw)
+    digests = [hashlib.sha256(members[n]).digest() for n in names]
+    assert len(set(digests)) == len(digests)  # no content twice, so none in two splits
+    dups = (out / "duplicates.csv").read_text().splitlines()
+    assert dups == ["file,kept", "Negative/00090.jpg,Negative/00005.jpg",
+                    "Positive/00003.jpg,Positive/00000_copy.jpg", "Positive/99999.jpg,Positive/00000_copy.jpg"]
+    skipped = csv_rows(out / "skipped.csv")
+    assert {r["file"] for r in skipped} == {"Positive/00007.jpg", "Negative/00077.jpg"}
+    assert all("both classes" in r["reason"] for r in skipped)
+
+
+def test_unreadable_files_are_skipped_and_listed(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "CHUNK_SIZE", 4)  # errors come back from several workers' chunks
+    good = (small / "Positive" / "00001.jpg").read_bytes()
+    dht = good.index(b"\xff\xc4")  # a Huffman table: damage it and the decoder gives up
+    extra = {
+        "Positive/00101.jpg": good[:dht + 4] + b"\xff" * 40 + good[dht + 44:],  # corrupt
+        "Positive/00102.jpg": good[: len(good) // 2],  # truncated
+        "Negative/00103.jpg": b"this is a text file, not a JPEG\n",
+        "Negative/00104.jpg": b"",
+    }
+    raw = make_zip(small, tmp_path / "raw" / "data.zip", extra)
+    metrics = run(raw, tmp_path, workers=2)
+    assert metrics["files"] == 44 and metrics["images"] == 40 and metrics["skipped"] == 4
+    skipped = {r["file"]: r["reason"] for r in csv_rows(tmp_path / "prepared" / "skipped.csv")}
+    assert set(skipped) == set(extra)
+    assert "truncated" in skipped["Positive/00102.jpg"]
+    assert "image format" in skipped["Negative/00103.jpg"]
+    assert all("0x" not in reason for reason in skipped.values())  # no memory addresses: reproducible
+    names = {r["file"] for r in dataset.read_manifest(tmp_path / "prepared")}
+    assert not names & set(extra)
+
+
+@pytest.fixture(scope="module")
+def numbered_raw(tmp_path_factory) -> Path:
+    """60 images per class numbered 1..60, plus 00012_1.jpg (block of 12) and an unnumbered name."""
+    root = tmp_path_factory.mktemp("numbered")
+    folder = synth.write_dataset(root / "dataset", 60, size=32, quality=70)
+    extra = {
+        "Positive/00012_1.jpg": synth_jpeg(1),
+        "Negative/scan-a.jpg": synth_jpeg(2),
+    }
+    return make_zip(folder, root / "raw" / "data.zip", extra)
+
+
+def split_of_blocks(out: Path, block_size: int) -> dict[tuple, set[str]]:
+    blocks: dict[tuple, set[str]] = {}
+    for row in dataset.read_manifest(out):
+        key = (row["label"], preprocess.block_key(row["file"], block_size))
+        blocks.setdefault(key, set()).add(row["split"])
+    return blocks
+
+
+def test_block_split_keeps_each_block_in_one_split(numbered_raw, tmp_path):
+    metrics = run(numbered_raw, tmp_path, split_by="block", block_size=10, val_fraction=0.2, test_fraction=0.2)
+    blocks = split_of_blocks(tmp_path / "prepared", 10)
+    assert len(blocks) == 2 * 7 + 1  # numbers 1-60 make blocks 0..6 per class; scan-a.jpg is its own
+    assert all(len(splits) == 1 for splits in blocks.values())
+    rows = {r["file"]: r["split"] for r in dataset.read_manifest(tmp_path / "prepared")}
+    assert rows["Positive/00012_1.jpg"] == rows["Positive/00012.jpg"]
+    for split in dataset.SPLITS:  # every split has both classes
+        assert metrics["splits"][split]["crack"] > 0 and metrics["splits"][split]["no_crack"] > 0
+
+
+def test_file_split_does_not_keep_blocks(numbered_raw, tmp_path):
+    run(numbered_raw, tmp_path, split_by="file", val_fraction=0.2, test_fraction=0.2)
+    blocks = split_of_blocks(tmp_path / "prepared", 10)
+    assert any(len(splits) > 1 for splits in blocks.values())
+
+
+def test_every_split_gets_both_classes_even_with_few_blocks(numbered_raw, tmp_path):
+    # Blocks of 20 numbers: 4 per class (1-19, 20-39, 40-59, 60), too big for 10 % targets.
+    metrics = run(numbered_raw, tmp_path, split_by="block", block_size=20, val_fraction=0.1, test_fraction=0.1)
+    for split in dataset.SPLITS:
+        assert metrics["splits"][split]["crack"] > 0 and metrics["splits"][split]["no_crack"] > 0
+    assert all(len(splits) == 1 for splits in split_of_blocks(tmp_path / "prepared", 20).values())
+
+
+def test_a_zero_fraction_gives_an_empty_split(small_raw, tmp_path):
+    metrics = run(small_raw, tmp_path, val_fraction=0.2, test_fraction=0.0)
+    x, y = dataset.load_split(tmp_path / "prepared", "test")
+    assert x.shape == (0, 32, 32, 1) and y.shape == (0,)
+    assert metrics["splits"]["test"]["total"] == 0
+    assert metrics["splits"]["val"] == {"no_crack": 4, "crack": 4, "total": 8}
+
+
+def test_too_few_blocks_is_a_one_line_error(small_raw, tmp_path):
+    with pytest.raises(CrackclfError, match="block_size") as err:
+        run(small_raw, tmp_path, split_by="block", block_size=100)  # 20 images per class: one block each
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
+
+
+def test_same_bytes_from_one_or_two_workers(numbered_raw, tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "CHUNK_SIZE", 8)  # 16 chunks: many in flight at once over 2 workers
+    pools = []
+    get_context = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: pools.append(a) or get_context(*a))
+    one = run(numbered_raw, tmp_path / "a", workers=1, split_by="block", block_size=10)
+    assert not pools
+    two = run(numbered_raw, tmp_path / "b", workers=2, split_by="block", block_size=10)
+    again = run(numbered_raw, tmp_path / "c", workers=2, split_by="block", block_size=10)
+    assert len(pools) == 2 and one == two == again
+    a, b, c = (tree_bytes(tmp_path / d) for d in "abc")
+    assert len(a) == 10 and a == b == c
+
+
+def test_failure_midway_keeps_the_previous_output(small_raw, tmp_path, monkeypatch):
+    run(small_raw, tmp_path)
+    before = tree_bytes(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(preprocess, "_write_csv", broken)  # after the arrays are written
+    with pytest.raises(OSError, match="disk full"):
+        run(small_raw, tmp_path, image_size=16)
+    assert tree_bytes(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "prepared"]  # no temp folder left
+
+
+def test_reads_class_folders_directly_and_refuses_a_muddled_raw_dir(small, small_raw, tmp_path):
+    from_folder = run(small, tmp_path / "folder")
+    from_zip = run(small_raw, tmp_path / "zip")
+    assert from_folder == from_zip
+    assert tree_bytes(tmp_path / "folder") == tree_bytes(tmp_path / "zip")
+
+    (tmp_path / "two").mkdir()
+    for name in ("a.zip", "b.zip"):
+        (tmp_path / "two" / name).write_bytes(b"PK")
+    with pytest.raises(CrackclfError, match="expected one archive file"):
+        preprocess.find_source(tmp_path / "two")
+    with pytest.raises(CrackclfError, match="not found"):
+        preprocess.find_source(tmp_path / "missing")
+
+
+def test_cli_runs_the_stage_and_rejects_bad_params(small_raw, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\npreprocess:\n  image_size: 24\n  split_by: file\n  workers: 2\n")
+    out, metrics = tmp_path / "prepared", tmp_path / "metrics" / "data.json"
+    argv = ["preprocess", str(small_raw), str(out), "--metrics", str(metrics), "--params", str(params)]
+    assert cli.main(argv) == 0
+    assert dataset.load_split(out, "train")[0].shape[1:] == (24, 24, 1)
+    assert '"images": 40' in metrics.read_text()
+
+    params.write_text("preprocess:\n  split_by: random\n")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("crackclf preprocess: error:") and "preprocess.split_by" in err[-1]
+    with pytest.raises(config.ConfigError):
+        config.parse({"preprocess": {"val_fraction": 0.5, "test_fraction": 0.45}})
