@@ -1,0 +1,368 @@
+"""Train stage: it learns, tracks every run in MLflow, resumes, and refuses bad params early.
+
+Every MLflow store lives in a temporary folder (MLFLOW_TRACKING_URI), never in the repo.
+"""
+
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+import synth
+from crackclf import CrackclfError, config, dataset, train
+from crackclf.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params_with(**train_overrides) -> config.Params:
+    data = copy.deepcopy(synth.TINY_PARAMS)
+    data["train"].update(train_overrides)
+    return config.parse(data)
+
+
+def outputs(root: Path) -> dict:
+    return {
+        "model_path": root / "models" / "model.keras",
+        "metrics_path": root / "metrics" / "train.json",
+        "history_path": root / "plots" / "train" / "history.csv",
+        "run_file": root / "models" / "mlflow_run.json",
+    }
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> str:
+    """One SQLite MLflow store for the runs of this module, in a temporary folder."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _restore_tf_state():
+    """train.deterministic switches TensorFlow's op determinism on for the process: switch it back."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+
+
+def train_run(params, prepared_dir, root: Path, store: str, **kwargs) -> dict:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", store)
+        return train.run(params, prepared_dir, **outputs(root), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def trained(prepared_dir, store, tmp_path_factory) -> dict:
+    """One deterministic training of the tiny configuration, shared by the tests that read its results."""
+    root = tmp_path_factory.mktemp("trained")
+    params = params_with(deterministic=True)
+    result = train_run(params, prepared_dir, root, store)
+    return {"root": root, "params": params, "result": result, **outputs(root)}
+
+
+def weights(path) -> list[np.ndarray]:
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_learns_synthetic_cracks(trained, prepared_dir):
+    x, y = dataset.load_split(prepared_dir, "test")
+    model = keras.saving.load_model(trained["model_path"])
+    prob = model.predict(np.asarray(x), verbose=0)[:, 0]
+    assert ((prob >= 0.5) == y).mean() >= 0.8
+
+    metrics = json.loads(trained["metrics_path"].read_text())
+    assert metrics["epochs"] == 8 and 1 <= metrics["best_epoch"] <= 8
+    assert metrics["best"]["val_loss"] == pytest.approx(min(r["val_loss"] for r in trained["result"]["history"]))
+    assert metrics["best"]["val_accuracy"] >= 0.8
+    assert metrics["images_per_s"] > 0 and metrics["wall_time_s"] > 0
+
+    with open(trained["history_path"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(train.HISTORY_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert float(rows[-1]["val_loss"]) == pytest.approx(metrics["final"]["val_loss"], rel=1e-5)
+
+    # Nothing left behind: no checkpoint, no temporary files.
+    assert sorted(p.name for p in trained["model_path"].parent.iterdir()) == ["mlflow_run.json", "model.keras"]
+    assert [p.name for p in trained["metrics_path"].parent.iterdir()] == ["train.json"]
+
+
+def test_mlflow_run_holds_params_curves_tags_and_model(trained, store):
+    info = json.loads(trained["run_file"].read_text())
+    assert set(info) == {"run_id", "experiment_id", "tracking_uri", "registered_model", "model_version"}
+    assert info["tracking_uri"] == store and info["registered_model"] == "crackclf"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(info["experiment_id"]).name == "crackclf"
+
+    flat = config.flatten(trained["params"])
+    assert {k: run.data.params[k] for k in flat} == {k: str(v) for k, v in flat.items()}
+    history = trained["result"]["history"]
+    for name in train.METRICS:
+        points = client.get_metric_history(info["run_id"], name)
+        assert [p.step for p in points] == list(range(1, 9))
+        assert [p.value for p in points] == pytest.approx([r[name] for r in history])
+    assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["wall_time_s"] > 0
+
+    tags = run.data.tags
+    assert tags["keras.version"] == keras.__version__ and tags["keras.backend"] == "tensorflow"
+    assert tags["tensorflow.version"]
+    assert tags["device.type"] == "cpu" and int(tags["cpu.cores"]) >= 1 and tags["device"].startswith("CPU")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+    # The artifacts sit beside the temporary store, not in the current directory.
+    assert Path(run.info.artifact_uri).is_relative_to(Path(store.removeprefix("sqlite:///")).parent)
+
+
+def test_model_from_registry_predicts_like_the_file(trained, store, prepared_dir):
+    info = json.loads(trained["run_file"].read_text())
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    version = mlflow.MlflowClient().get_model_version("crackclf", str(info["model_version"]))
+    assert version.run_id == info["run_id"] and version.status == "READY"
+
+    x = np.asarray(dataset.load_split(prepared_dir, "test")[0], np.float32)
+    expected = keras.saving.load_model(trained["model_path"]).predict(x, verbose=0)
+    from_registry = mlflow.keras.load_model(f"models:/crackclf/{info['model_version']}")
+    np.testing.assert_allclose(from_registry.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-7)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{info['run_id']}/model")
+    np.testing.assert_allclose(pyfunc.predict(x[:5]), expected[:5], rtol=1e-6, atol=1e-7)
+    assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 48, 48, 1)
+
+
+def test_same_params_give_identical_weights(trained, prepared_dir, store, tmp_path):
+    train_run(trained["params"], prepared_dir, tmp_path, store)
+    for a, b in zip(weights(trained["model_path"]), weights(outputs(tmp_path)["model_path"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch + 1)
+
+
+def test_interrupted_run_resumes_where_it_stopped(prepared_dir, store, tmp_path):
+    # Dropout and augmentation too: their RNG state must come back with the weights.
+    params = params_with(deterministic=True, dropout=0.2, augment=True, epochs=5, early_stopping_patience=5)
+    train_run(params, prepared_dir, tmp_path / "whole", store)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(params, prepared_dir, tmp_path / "cut", store, callbacks=[_InterruptAfter(3)])
+    paths = outputs(tmp_path / "cut")
+    assert not paths["model_path"].exists() and not paths["run_file"].exists()
+    checkpoint = paths["model_path"].parent / ".model.keras.checkpoint"
+    assert (checkpoint / "epoch-0003" / "state.json").exists()
+    client = mlflow.MlflowClient(tracking_uri=store)
+    cut_run = client.get_run(json.loads((checkpoint / "epoch-0003" / "state.json").read_text())["run_id"])
+    assert cut_run.info.status == "FAILED"
+    assert [p.step for p in client.get_metric_history(cut_run.info.run_id, "val_loss")] == [1, 2, 3]
+
+    epochs = _Epochs()
+    resumed = train_run(params, prepared_dir, tmp_path / "cut", store, callbacks=[epochs])
+    assert epochs.seen == [4, 5]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4, 5]
+    assert not checkpoint.exists()
+    run = client.get_run(resumed["run"]["run_id"])
+    assert run.data.tags["resumed_from_run"] == cut_run.info.run_id
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4, 5]
+    # Same batches, same optimizer and RNG state: the resumed run ends where an uninterrupted one does.
+    for a, b in zip(weights(outputs(tmp_path / "whole")["model_path"]), weights(paths["model_path"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fresh_ignores_the_checkpoint(prepared_dir, store, tmp_path):
+    params = params_with(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(params, prepared_dir, tmp_path, store, callbacks=[_InterruptAfter(1)])
+    epochs = _Epochs()
+    train_run(params, prepared_dir, tmp_path, store, fresh=True, callbacks=[epochs])
+    assert epochs.seen == [1, 2]
+
+
+def test_resume_after_early_stopping_trains_no_more(prepared_dir, store, tmp_path):
+    """Early stopping had ended the try, which was cut while writing its outputs: just finish them."""
+    params = params_with(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(params, prepared_dir, tmp_path, store, callbacks=[_InterruptAfter(2)])
+    state_file = outputs(tmp_path)["model_path"].parent / ".model.keras.checkpoint" / "epoch-0002" / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "stopped": True}))
+    epochs = _Epochs()
+    result = train_run(params, prepared_dir, tmp_path, store, callbacks=[epochs])
+    assert epochs.seen == [] and result["metrics"]["epochs"] == 2
+    assert outputs(tmp_path)["model_path"].exists()
+
+
+def test_checkpoint_of_other_params_is_ignored(tmp_path):
+    model = params_with()
+    net = train.compile_model(train.build_model(model.train, 48), model.train)
+    history = [{"epoch": 1, "loss": 0.5, "train_s": 1.0, "epoch_s": 1.0}]
+    train.Checkpoint(tmp_path / "model.keras", "params-a").save(net, {"history": history}, None)
+    assert train.Checkpoint(tmp_path / "model.keras", "params-a").load()["history"] == history
+    assert train.Checkpoint(tmp_path / "model.keras", "params-b").load() is None
+    assert not (tmp_path / ".model.keras.checkpoint").exists()
+
+
+def _cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crackclf", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(("key", "value"), [("dropout", -0.1), ("optimizer", "sgd")])
+def test_bad_param_fails_before_training(prepared_dir, tmp_path, key, value):
+    data = copy.deepcopy(synth.TINY_PARAMS)
+    data["train"][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    proc = _cli(["train", str(prepared_dir)], tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crackclf train: error: ") and f"train.{key}" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no model, no store
+
+
+def test_data_of_another_size_is_refused(prepared_dir, tmp_path):
+    data = copy.deepcopy(synth.TINY_PARAMS)
+    data["preprocess"]["image_size"] = 64
+    with pytest.raises(CrackclfError, match="image_size is 64"):
+        train.run(config.parse(data), prepared_dir, **outputs(tmp_path))
+
+
+def test_distribution_needs_tensorflow(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ConfigError, match="train.distribute: 'mirrored' needs the TensorFlow backend"):
+        train._strategy("mirrored")
+    assert train._strategy("auto") is None and train._strategy("none") is None
+
+
+@pytest.mark.parametrize("mode", ["multi_worker", "auto"])
+def test_multi_host_is_refused_clearly(monkeypatch, mode):
+    cluster = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+        train._strategy(mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "gpus", "policy"),
+    [
+        ("auto", [], "float32"),
+        ("auto", [("NVIDIA H100", (9, 0)), ("NVIDIA H100", (9, 0))], "mixed_float16"),
+        ("auto", [("Tesla K80", (3, 7))], "float32"),  # no tensor cores: float16 would be slower
+        ("on", [], "mixed_float16"),
+        ("off", [("NVIDIA H100", (9, 0))], "float32"),
+    ],
+)
+def test_mixed_precision_policy(mode, gpus, policy):
+    before = keras.mixed_precision.global_policy()
+    try:
+        assert train._set_precision(mode, gpus) == policy
+        assert keras.mixed_precision.global_policy().name == policy
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def test_sigterm_unwinds_like_ctrl_c():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_array_batches_reshuffle_per_epoch_and_resume_alike():
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    y = np.arange(10) % 2
+    batches = train.ArrayBatches(x, y, batch_size=4, seed=7)
+    orders = []
+    for _ in range(3):
+        batches.on_epoch_begin()
+        seen = np.concatenate([batches[i][0].ravel() for i in range(len(batches))])
+        assert sorted(seen) == list(range(10)) and len(batches) == 3
+        orders.append(batches.order.tolist())
+        batches.on_epoch_end()
+    assert orders[0] != orders[1] != orders[2]
+    resumed = train.ArrayBatches(x, y, batch_size=4, seed=7, first_epoch=2)
+    assert resumed.order.tolist() == orders[2]
+    assert train.ArrayBatches(x, y, batch_size=4).order.tolist() == list(range(10))
+
+
+def test_tf_epochs_depend_only_on_seed_and_epoch():
+    x = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1)
+    y = np.zeros(12, np.float32)
+
+    def epochs(first):
+        ds = train.tf_train_dataset(x, y, batch_size=5, seed=3, epochs=range(first, 4))
+        flat = np.concatenate([b[0].numpy().ravel() for b in ds])
+        return flat.reshape(-1, 12).tolist()
+
+    whole = epochs(0)
+    assert len(whole) == 4 and all(sorted(e) == list(range(12)) for e in whole)
+    assert len({tuple(e) for e in whole}) == 4
+    assert epochs(2) == whole[2:]
+
+
+MIRRORED_SCRIPT = """
+import sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from crackclf.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_on_two_logical_cpus(prepared_dir, tmp_path):
+    """Through the CLI, in a subprocess: CPUs split before TensorFlow starts, and main()'s summary."""
+    data = copy.deepcopy(synth.TINY_PARAMS)
+    data["train"].update(distribute="mirrored", epochs=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "mirrored.py").write_text(textwrap.dedent(MIRRORED_SCRIPT))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "mirrored.py", "train", str(prepared_dir), "--model", "m/model.keras",
+         "--metrics", "m/train.json", "--history", "m/history.csv", "--run-file", "m/run.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MirroredStrategy (2 replicas)" in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("epoch ")][-1].startswith("epoch 4/4")
+    info = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert f"MLflow run {info['run_id']}" in proc.stdout
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(info["run_id"])
+    assert run.data.tags["distribute"] == "MirroredStrategy (2 replicas)"
+    assert run.data.params["train.distribute"] == "mirrored"
+    assert len(json.loads((tmp_path / "m" / "train.json").read_text())["best"]) == 6
