@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import archives
 import synth
 from crackclf import CrackclfError, cli, config, dataset, imaging, preprocess
 
@@ -258,6 +259,20 @@ def test_reads_class_folders_directly_and_refuses_a_muddled_raw_dir(small, small
         preprocess.find_source(tmp_path / "two")
     with pytest.raises(CrackclfError, match="not found"):
         preprocess.find_source(tmp_path / "missing")
+
+
+def test_same_output_from_any_container(small, small_raw, tmp_path):
+    """A tar.gz and Mendeley's layout (a zip holding a solid RAR5) give the zip's bytes."""
+    files = archives.members(small)
+    (tmp_path / "tar").mkdir()
+    archives.write_tar(tmp_path / "tar" / "data.tar.gz", files)
+    (tmp_path / "rar").mkdir()
+    rar = archives.write_rar(tmp_path / "data.rar", files, version=5, kind="solid").read_bytes()
+    archives.write_zip(tmp_path / "rar" / "file_downloaded", {"5y9wdsg2zt-2/Concrete Crack Images.rar": rar})
+    expected = run(small_raw, tmp_path / "zip")
+    for kind in ("tar", "rar"):
+        assert run(tmp_path / kind, tmp_path / f"{kind}-out") == expected
+        assert tree_bytes(tmp_path / f"{kind}-out") == tree_bytes(tmp_path / "zip")
 
 
 def test_cli_runs_the_stage_and_rejects_bad_params(small_raw, tmp_path, capsys):

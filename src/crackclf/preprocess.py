@@ -244,6 +244,9 @@ class _Decoder:
 
     def __enter__(self) -> _Decoder:
         if self.workers > 1:
+            from PIL import Image
+
+            Image.preinit()  # Pillow's format plugins: imported once here, not again in every worker
             shape = (self.slots, self.chunk_size, self.size, self.size, 1)
             self.ring = np.ndarray(shape, np.uint8, buffer=mmap.mmap(-1, int(np.prod(shape))))
             ctx = multiprocessing.get_context("fork")
