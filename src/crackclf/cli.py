@@ -21,6 +21,7 @@ Concrete crack classification: download the public dataset, preprocess it,
 train the reference CNN, evaluate it and predict on your own photos.
 `dvc repro` runs the stages in order; each can also be run by hand."""
 
+KERAS_STAGES = frozenset({"train", "evaluate", "predict"})
 EPILOG = "Settings live in params.yaml (see README). Exit codes: 0 ok, 1 error, 2 bad usage or params."
 
 
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         params = config.load(args.params)
         with _native_stderr_silenced():
             stage = importlib.import_module(f"crackclf.{args.stage}")
+            if args.stage in KERAS_STAGES:
+                importlib.import_module("keras")
         return int(stage.main(args, params) or 0)
     except CrackclfError as err:
         print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)

@@ -1,0 +1,113 @@
+"""End to end, as a user runs it: `dvc repro` in a fresh git + DVC workspace.
+
+The dataset is a synthetic zip served over HTTP on 127.0.0.1, so the real download
+code runs; the model is the tiny 48 px one, so the whole pipeline takes about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import synth
+from archives import members, write_zip
+from httpserver import FileServer
+from workspace import make_workspace, run
+
+pytestmark = pytest.mark.slow
+STAGES = ("download", "preprocess", "train", "evaluate", "predict")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FileServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def workspace(server, tmp_path_factory):
+    folder = synth.write_dataset(tmp_path_factory.mktemp("data") / "crack-data", 100, seed=3)
+    archive = write_zip(tmp_path_factory.mktemp("zip") / "crack-data.zip", members(folder, "crack-data/"))
+    url = server.serve("/files/crack-data.zip", archive.read_bytes())
+    params = {
+        **synth.TINY_PARAMS,
+        "download": {"url": url},
+        "preprocess": {"image_size": 48, "val_fraction": 0.2, "test_fraction": 0.2,
+                       "split_by": "block", "block_size": 10},
+        "evaluate": {"threshold": "auto"},
+    }
+    return make_workspace(tmp_path_factory.mktemp("ws"), params)
+
+
+@pytest.fixture(scope="module")
+def first_repro(workspace):
+    return run(workspace, "dvc", "repro")
+
+
+def ran(proc) -> set[str]:
+    text = proc.stdout + proc.stderr
+    return {s for s in STAGES if f"Running stage '{s}'" in text}
+
+
+def test_repro_runs_every_stage_and_learns(workspace, first_repro):
+    assert ran(first_repro) == set(STAGES)
+    data = json.loads((workspace / "metrics/data.json").read_text())
+    assert data["images"] == 200 and data["splits"]["test"] == {"no_crack": 20, "crack": 20, "total": 40}
+    x = np.load(workspace / "data/prepared/train_images.npy", mmap_mode="r")
+    assert x.shape == (120, 48, 48, 1) and x.dtype == np.uint8
+    evaluation = json.loads((workspace / "metrics/eval.json").read_text())
+    assert evaluation["n_test"] == 40  # 2 of the 10 blocks of each class
+    assert evaluation["accuracy"] >= 0.8, evaluation
+    with Image.open(workspace / "predictions/example.png") as img:
+        assert img.format == "PNG" and img.width > 200
+    rows = (workspace / "predictions/example.csv").read_text().splitlines()
+    assert rows[0].startswith("path,probability,label") and len(rows) == 1 + 2 * 4
+
+
+def test_mlflow_run_registered_in_the_workspace_store(workspace, first_repro):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    info = json.loads((workspace / "models/mlflow_run.json").read_text())
+    run_ = client.get_run(info["run_id"])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["train.learning_rate"] == str(synth.TINY_PARAMS["train"]["learning_rate"])
+    assert "test_f1" in run_.data.metrics and "val_loss" in run_.data.metrics
+    version = client.get_model_version_by_alias("crackclf", "champion")
+    assert version.run_id == info["run_id"]
+
+
+def test_second_repro_does_nothing(workspace, first_repro):
+    again = run(workspace, "dvc", "repro")
+    assert ran(again) == set(), again.stdout
+    assert "up to date" in run(workspace, "dvc", "status").stdout
+
+
+def test_a_train_param_reruns_train_and_below_only(workspace, first_repro):
+    lock = (workspace / "dvc.lock").read_text()
+    params = workspace / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("learning_rate: 0.002", "learning_rate: 0.003"))
+    try:
+        assert ran(run(workspace, "dvc", "repro")) == {"train", "evaluate", "predict"}
+        assert lock != (workspace / "dvc.lock").read_text()
+    finally:
+        params.write_text(text)
+        run(workspace, "dvc", "repro")  # back to the first state for the tests after this one
+
+
+def test_an_image_size_change_reruns_preprocess_not_download(workspace, first_repro):
+    assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}
+    params = workspace / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("image_size: 48", "image_size: 40"))
+    try:
+        changed = json.loads(run(workspace, "dvc", "status", "--json").stdout)
+        assert "preprocess" in changed and "download" not in changed
+        assert "train" in changed  # reads preprocess.image_size too
+    finally:
+        params.write_text(text)
+    assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}
