@@ -134,6 +134,7 @@ class Read:
         which releases the GIL, so the kernel's copies run on every core.
         """
         per_image = size * size
+        positional = hasattr(os, "pwrite")
         local = threading.local()
         tasks = []
 
@@ -146,21 +147,25 @@ class Read:
                 buf[i] = self.chunks[c // self.chunk_size][c % self.chunk_size]
             view = memoryview(buf).cast("B")
             while view:
-                written = os.pwrite(fd, view, offset)
+                if positional:
+                    written = os.pwrite(fd, view, offset)
+                else:  # no pwrite (Windows): one thread, seek and write
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    written = os.write(fd, view)
                 view, offset = view[written:], offset + written
 
         fds = []
         try:
             for path, contents in arrays.items():
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
                 fds.append(fd)
                 header = io.BytesIO()
                 np.lib.format.write_array_header_1_0(header, {
                     "descr": "|u1", "fortran_order": False, "shape": (len(contents), size, size, 1)})
-                os.pwrite(fd, header.getvalue(), 0)
+                os.write(fd, header.getvalue())
                 tasks += [(fd, len(header.getvalue()) + start * per_image, contents[start:start + _WRITE_BATCH])
                           for start in range(0, len(contents), _WRITE_BATCH)]
-            with ThreadPoolExecutor(max(1, threads)) as pool:
+            with ThreadPoolExecutor(max(1, threads) if positional else 1) as pool:
                 list(pool.map(write, tasks))
         finally:
             for fd in fds:
