@@ -25,13 +25,25 @@ KERAS_STAGES = frozenset({"train", "evaluate", "predict"})
 EPILOG = "Settings live in params.yaml (see README). Exit codes: 0 ok, 1 error, 2 bad usage or params."
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--params", type=Path, default=Path("params.yaml"), metavar="FILE",
-        help="settings file (default: %(default)s)",
+        "--params", type=Path, default=DEFAULT_PARAMS, metavar="FILE",
+        help="settings file (predict outside a project: built-in defaults if there is none)",
     )
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = argparse.ArgumentParser(prog="crackclf", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"crackclf {__version__}")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -127,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from crackclf import config
 
-        params = config.load(args.params)
+        if args.stage == "predict" and args.params == DEFAULT_PARAMS and not DEFAULT_PARAMS.exists():
+            params = config.Params()  # a user's photo folder, not a project: nothing to configure
+        else:
+            params = config.load(args.params)
         with _native_stderr_silenced():
             stage = importlib.import_module(f"crackclf.{args.stage}")
             if args.stage in KERAS_STAGES:
