@@ -1,18 +1,31 @@
-"""Remake docs/mlflow-compare.png: the MLflow UI comparing the latest runs, in headless Chromium.
+"""Remake docs/mlflow-compare.png: the MLflow UI comparing runs, taken in headless Chromium.
 
-    python docs/screenshot.py [--store sqlite:///mlflow.db] [--experiment crackclf] [--runs 2]
+    python docs/screenshot.py                               # the latest 2 finished runs
+    python docs/screenshot.py --run lr-1e-3 --run lr-3e-4   # runs by name (DVC experiment) or id
 
-Needs Debian's chromium (`apt-get install chromium`). Starts `mlflow server` on a free
-loopback port over the store, opens the run comparison page, and saves a PNG.
+Needs Debian's ``chromium`` (``apt-get install chromium``). Starts ``mlflow server`` on a
+free loopback port over the store, opens the run comparison page with "Show diff only"
+on (so the params that differ stand out), then the metric history page of the same
+runs, and stacks both views into one PNG: params, metrics and tags side by side on
+top, the per-epoch curves below.
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``),
+so the script waits for what it needs on the page instead of guessing a delay,
+and needs no package beyond the project's.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -23,40 +36,276 @@ from mlflow_server import mlflow_server  # noqa: E402
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--hide-scrollbars", "--force-device-scale-factor=1", "--remote-debugging-pipe",
 ]
+MAX_HEIGHT = 6000  # px: a page taller than this is cut
+
+
+class Chromium:
+    """Just enough of the DevTools protocol: one tab, JavaScript, viewport size, screenshots.
+
+    Chromium reads commands from fd 3 and writes answers and events to fd 4, each a
+    JSON message ending in a NUL byte.
+    """
+
+    def __init__(self, exe: str, user_dir: Path, width: int, height: int):
+        cmd_read, self._cmd_write = os.pipe()
+        self._out_read, out_write = os.pipe()
+
+        def to_fds_3_and_4():
+            os.dup2(cmd_read, 3)
+            os.dup2(out_write, 4)
+
+        self.proc = subprocess.Popen(
+            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}", f"--window-size={width},{height}", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=to_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(cmd_read)
+        os.close(out_write)
+        self._buffer, self._id, self.width = b"", 0, width
+        target = self._call("Target.createTarget", None, url="about:blank")["targetId"]
+        self._session = self._call("Target.attachToTarget", None, targetId=target, flatten=True)["sessionId"]
+        self.resize(height)
+
+    def _call(self, method: str, session: str | None, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._cmd_write, json.dumps(message).encode() + b"\0")
+        while True:  # events (no id) are skipped
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._out_read, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"chromium exited (status {self.proc.wait()})")
+                self._buffer += chunk
+            raw, _, self._buffer = self._buffer.partition(b"\0")
+            answer = json.loads(raw)
+            if answer.get("id") == self._id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error'].get('message')}")
+                return answer.get("result", {})
+
+    def call(self, method: str, **params) -> dict:
+        return self._call(method, self._session, **params)
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.js(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the MLflow UI did not show {what} within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def settle(self, quiet: float = 1.0, timeout: float = 15) -> None:
+        """Wait until the page's text and layout stop changing (data loaded, charts drawn)."""
+        probe = "(document.body?.innerText || '') + ' ' + document.querySelectorAll('svg *').length"
+        deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.js(probe)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.2)
+
+    def resize(self, height: int) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
+    def fit_content(self, min_height: int) -> None:
+        """Make the window as tall as the page's content (MLflow scrolls inside <main>), no taller."""
+        self.resize(min_height)
+        for _ in range(3):  # a taller window can re-flow the page: measure again
+            height = self.js("Math.max(...Array.from(document.querySelectorAll('main'), "
+                             "m => m.getBoundingClientRect().top + m.scrollHeight + 16), 0)")
+            height = max(min_height, min(MAX_HEIGHT, int(height)))
+            if height <= self.js("window.innerHeight"):
+                return
+            self.resize(height)
+            self.settle(quiet=0.5)
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def png(self) -> bytes:
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+
+    def close(self) -> None:
+        try:
+            self._call("Browser.close", None)
+        except RuntimeError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._cmd_write)
+        os.close(self._out_read)
+
+
+METRICS_GRIDS = """Array.from(document.querySelectorAll('.du-bois-light-collapse-item'))
+    .find(s => s.innerText.trim().startsWith('Metrics'))?.querySelectorAll('.ReactVirtualized__Grid') || []"""
+CLOSE_ASSISTANT = """document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]')?.click()"""
+DIFF_ONLY = """document.querySelectorAll('button[aria-label$="Show diff only"][aria-checked="false"]')
+    .forEach(b => b.click())"""
+
+
+def scroll_metrics(browser: Chromium, prefix: str) -> bool:
+    """Scroll the comparison's metrics table (300 px high) to its first row named ``prefix...``.
+
+    MLflow shows about ten metrics there, alphabetically: the test metrics are further
+    down. The table is two virtualised grids, names and values, each scrolled here and
+    checked to show the same rows. Returns whether it scrolled; raises if the grids disagree.
+    """
+    rows = (f"Array.from({METRICS_GRIDS}, "
+            "g => Array.from(g.querySelectorAll('[style*=top]'), c => [c.offsetTop, c.innerText]))")
+    if len(browser.js(rows)) != 2:
+        return False  # no metrics table (runs without metrics), or MLflow drew it another way
+    top = None
+    for _ in range(20):  # the grid renders rows as it scrolls: step down until the row exists
+        top = next((y for y, text in browser.js(rows)[0] if text.startswith(prefix)), None)
+        if top is not None or not browser.js(f"(g => g && g.scrollTop + g.clientHeight < g.scrollHeight)"
+                                             f"(({METRICS_GRIDS})[0])"):
+            break
+        browser.js(f"Array.from({METRICS_GRIDS}).forEach(g => g.scrollTop += 250)")
+        time.sleep(0.2)
+    for target in ([top] if top is not None else []) + [0]:
+        for i in (1, 0):  # values first, then names: each grid is scrolled on its own
+            browser.js(f"(g => {{ g.scrollTop = {target}; g.dispatchEvent(new Event('scroll')); }})"
+                       f"(({METRICS_GRIDS})[{i}])")
+            browser.settle(quiet=0.4)
+        tops = browser.js(f"Array.from({METRICS_GRIDS}, g => g.scrollTop)")
+        first = next((t for y, t in sorted(browser.js(rows)[0]) if y >= (tops or [0])[0]), "")
+        if len(set(tops)) <= 1 and (target != top or first.startswith(prefix)):
+            return target == top
+    raise RuntimeError("the metrics table's names and values could not be aligned")
+
+
+def page_text_has(*texts: str) -> str:
+    return "(t => " + " && ".join(f"t.includes({json.dumps(s)})" for s in texts) + ")(document.body?.innerText || '')"
+
+
+def pick_runs(client, experiment_id: str, wanted: list[str], latest: int) -> list:
+    """Runs named (run name or id) in ``wanted``, else the ``latest`` finished ones."""
+    if not wanted:
+        return client.search_runs([experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=latest)
+    runs = []
+    for key in wanted:
+        found = client.search_runs([experiment_id], f"attributes.run_name = '{key}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            found = client.search_runs([experiment_id], f"attributes.run_id = '{key}'")
+        if not found:
+            sys.exit(f"screenshot: no run named or with id {key!r} in experiment {experiment_id}")
+        runs.append(found[0])
+    return runs
+
+
+def take(url: str, exe: str, tmp: Path, experiment_id: str, ids: list[str], metrics: list[str], focus: str,
+         width: int, timeout: float) -> list[bytes]:
+    """PNGs of the run comparison and, if ``metrics``, of their per-epoch curves."""
+    shots = []
+    browser = Chromium(exe, tmp / "chrome", width, 1000)
+    try:
+        browser.call("Page.enable")
+        query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id])})
+        browser.open(f"{url}/#/compare-runs?{query}")
+        browser.wait_for(page_text_has("Show diff only", *ids), "the run comparison", timeout)
+        browser.wait_for("document.querySelector('.js-plotly-plot svg')", "the parallel coordinates plot", timeout)
+        browser.js(CLOSE_ASSISTANT)
+        browser.js(DIFF_ONLY)
+        browser.settle()
+        if focus:
+            scroll_metrics(browser, focus)
+        browser.fit_content(1000)
+        shots.append(browser.png())
+
+        if metrics:
+            query = "&".join(f"{k}={urllib.parse.quote(v)}" for k, v in {
+                "runs": json.dumps(ids), "metric": json.dumps(metrics[0]), "experiments": json.dumps([experiment_id]),
+                "plot_metric_keys": json.dumps(metrics), "plot_layout": "{}", "x_axis": "step",
+                "y_axis_scale": "linear", "line_smoothness": "1", "show_point": "true", "deselected_curves": "[]",
+                "last_linear_y_axis_range": "[]",
+            }.items())
+            browser.open(f"{url}/#/metric/?{query}")
+            # one drawn line per run and metric
+            browser.wait_for(f"document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= "
+                             f"{len(ids) * len(metrics)}", "the metric curves", timeout)
+            browser.js(CLOSE_ASSISTANT)
+            browser.settle()
+            browser.fit_content(700)
+            shots.append(browser.png())
+    finally:
+        browser.close()
+    return shots
+
+
+def stack(pngs: list[bytes], out: Path) -> tuple[int, int]:
+    """The screenshots one under the other, a grey rule between; written atomically."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    gap = 6
+    sheet = Image.new("RGB", (max(i.width for i in images),
+                              sum(i.height for i in images) + gap * (len(images) - 1)), (200, 200, 200))
+    y = 0
+    for image in images:
+        sheet.paste(image, (0, y))
+        y += image.height + gap
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        sheet.save(tmp, format="PNG", optimize=True)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sheet.size
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=f"sqlite:///{ROOT / 'mlflow.db'}", help="MLflow backend store URI")
-    ap.add_argument("--experiment", default="crackclf")
-    ap.add_argument("--runs", type=int, default=2, help="compare the latest N finished runs")
+    ap.add_argument("--experiment", default="crackclf", help="MLflow experiment (train.experiment_name)")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME_OR_ID",
+                    help="a run to compare, by run name (the DVC experiment's) or id; repeat it")
+    ap.add_argument("--latest", type=int, default=2, metavar="N", help="without --run: the latest N finished runs")
+    ap.add_argument("--metrics", default="loss,val_loss",
+                    help="comma-separated metrics whose per-epoch curves go below the table ('' for none)")
+    ap.add_argument("--focus", default="test_", metavar="PREFIX",
+                    help="scroll the comparison's metrics table to the first metric named so ('' for the top)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "mlflow-compare.png")
-    ap.add_argument("--size", default="1600,1400", help="window width,height in px")
+    ap.add_argument("--width", type=int, default=1600, help="window width in px")
+    ap.add_argument("--timeout", type=float, default=60, help="seconds to wait for each page")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium", help="the browser executable")
     args = ap.parse_args()
 
+    if not shutil.which(args.chromium):
+        sys.exit(f"screenshot: {args.chromium} not found (apt-get install chromium)")
+    if args.store.startswith("sqlite:///") and not Path(args.store.removeprefix("sqlite:///")).is_file():
+        sys.exit(f"screenshot: no MLflow store at {args.store.removeprefix('sqlite:///')}")
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=args.store)
     exp = client.get_experiment_by_name(args.experiment)
     if exp is None:
         sys.exit(f"screenshot: no experiment {args.experiment!r} in {args.store}")
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=args.runs)
+    runs = pick_runs(client, exp.experiment_id, args.run, args.latest)
     if len(runs) < 2:
         sys.exit("screenshot: need at least two finished runs to compare")
     ids = [r.info.run_id for r in runs]
-    query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp.experiment_id])})
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp), backend_uri=args.store) as url:
-        page = f"{url}/#/compare-runs?{query}"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/chrome", f"--window-size={args.size}",
-             "--virtual-time-budget=25000", f"--screenshot={args.out}", page],
-            check=True, capture_output=True, timeout=180,
-        )
-    print(f"wrote {args.out} ({len(ids)} runs: {', '.join(r.info.run_name for r in runs)})")
+        shots = take(url, args.chromium, Path(tmp), exp.experiment_id, ids, metrics, args.focus,
+                     args.width, args.timeout)
+    width, height = stack(shots, args.out)
+    names = ", ".join(f"{r.info.run_name} ({r.info.run_id[:8]})" for r in runs)
+    print(f"wrote {args.out} ({width}x{height} px): {names}")
     return 0
 
 

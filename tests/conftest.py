@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,29 @@ import synth
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
+MLFLOW_ENV = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_store_leaks():
+    """Every test starts from the session's MLflow settings, whatever the last one pointed MLflow at.
+
+    ``tracking.configure`` calls ``mlflow.set_tracking_uri``/``set_registry_uri``, which keep the
+    URI in a global and also write ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into
+    ``os.environ``, where monkeypatch does not see them: without this, a test's temporary store,
+    or a server it has stopped, stays the registry of every test after it.
+    """
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in MLFLOW_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

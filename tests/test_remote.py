@@ -1,0 +1,103 @@
+"""Team scale: the pipeline logs to a tracking server when MLFLOW_TRACKING_URI names one, and a
+DVC remote round-trips the data and the model. Nothing else in the workspace changes.
+"""
+
+import copy
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+import synth
+from crackclf import config, dataset, evaluate, train
+from mlflow_server import RestAPI, mlflow_server, tracking_to
+from workspace import make_workspace, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_path, monkeypatch):
+    ws = tmp_path / "workspace"
+    (ws / ".dvc").mkdir(parents=True)  # a DVC project: its default store would be ws/mlflow.db
+    monkeypatch.chdir(ws)
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    data = copy.deepcopy(synth.TINY_PARAMS)
+    data["train"]["epochs"] = 3
+    params = config.parse(data)
+    out = {"model": ws / "models" / "model.keras", "run_file": ws / "models" / "mlflow_run.json"}
+
+    server_root = tmp_path / "server"
+    with mlflow_server(server_root) as url, tracking_to(url):
+        result = train.run(params, prepared_dir, out["model"], ws / "metrics" / "train.json",
+                           ws / "plots" / "history.csv", out["run_file"])
+        metrics = evaluate.run(params, prepared_dir, out["model"], ws / "metrics" / "eval.json",
+                               ws / "plots" / "eval", ws / "models" / "threshold.json", out["run_file"])
+        info = json.loads(out["run_file"].read_text())
+        assert info["tracking_uri"] == url and info["run_id"] == result["run"]["run_id"]
+
+        api = RestAPI(url)
+        got = api.get("runs/get", run_id=info["run_id"])["run"]
+        assert got["info"]["status"] == "FINISHED"
+        logged = {m["key"]: m["value"] for m in got["data"]["metrics"]}
+        assert logged["test_f1"] == pytest.approx(metrics["f1"], abs=1e-6)
+        history = api.get("metrics/get-history", run_id=info["run_id"], metric_key="val_loss")["metrics"]
+        assert [p["step"] for p in history] == [1, 2, 3]
+        # The run's artifacts went through the server's proxy (mlflow-artifacts:/), not to a local path.
+        assert got["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
+        listed = api.get("artifacts/list", run_id=info["run_id"], path="eval")["files"]
+        assert "eval/roc.png" in {f["path"] for f in listed}
+        version = api.get("registered-models/alias", name="crackclf", alias="champion")["model_version"]
+        assert version["version"] == str(info["model_version"]) and version["run_id"] == info["run_id"]
+
+        # The champion comes back through the server and predicts like the file the stage wrote.
+        x = np.asarray(dataset.load_split(prepared_dir, "test")[0][:16], np.float32)
+        champion = mlflow.keras.load_model("models:/crackclf@champion")
+        written = keras.saving.load_model(out["model"])
+        np.testing.assert_allclose(champion.predict(x, verbose=0), written.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+
+    # The files are in the server's artifact store and nothing MLflow went into the workspace.
+    assert list((server_root / "artifacts").rglob("MLmodel")) and list((server_root / "artifacts").rglob("roc.png"))
+    assert sorted(p.name for p in ws.iterdir()) == [".dvc", "metrics", "models", "plots"]
+    assert not list(ws.rglob("mlflow.db")) and not list(ws.rglob("mlruns")) and not list(ws.rglob("mlartifacts"))
+
+
+def digests(root: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (files or folders), by path relative to ``root``."""
+    files = [p for rel in paths for p in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*"))]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+
+def test_dvc_remote_round_trips_data_and_model(synthetic_folder, tmp_path):
+    params = copy.deepcopy(synth.TINY_PARAMS)
+    params["train"]["epochs"] = 2
+    params["download"] = {"url": str(synthetic_folder)}
+    params["preprocess"].update(split_by="file")  # 60 images a class are fewer than one block
+    ws = make_workspace(tmp_path / "ws", params)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(ws, "dvc", "repro", MLFLOW_TRACKING_URI=store)
+    tracked = ["data/raw", "data/prepared", "models/model.keras", "plots/eval/roc.png", "predictions/example.png"]
+    before = digests(ws, tracked)
+    assert {"data/raw/dataset.zip", "data/prepared/train_images.npy", "models/model.keras"} <= set(before)
+
+    remote = tmp_path / "remote"
+    run(ws, "dvc", "remote", "add", "-d", "storage", str(remote))
+    pushed = re.search(r"(\d+) files? pushed", run(ws, "dvc", "push").stdout)
+    assert pushed and int(pushed[1]) >= len(before)  # the files, and a listing per folder
+    assert sum(1 for p in remote.rglob("*") if p.is_file()) == int(pushed[1])
+
+    # A teammate's fresh clone: no outputs and no cache, only git's files and the remote.
+    for rel in tracked:
+        path = ws / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    shutil.rmtree(ws / ".dvc" / "cache")
+    run(ws, "dvc", "pull")
+    assert digests(ws, tracked) == before
+    status = run(ws, "dvc", "status", "--json").stdout
+    assert json.loads(status) == {}  # every stage up to date: nothing to retrain
