@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from crackclf import CrackclfError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-RESAMPLE = Image.Resampling.BILINEAR
+RESAMPLE = Image.Resampling.BOX  # area average: antialiased, and the fastest good downscale
 
 
 class ImageError(CrackclfError):
