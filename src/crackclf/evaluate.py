@@ -303,7 +303,8 @@ def log_to_mlflow(run_file, registered_model: str, metrics: dict, chosen: dict, 
     where = f"MLflow run {run_id}"
     if not version:
         return f"{where}: metrics logged; no registered model version, so no champion update"
-    decision = update_champion(client, name, str(version), metrics["f1"])
+    with tracking.store_lock(uri):  # two evaluations at once must not both beat the same old champion
+        decision = update_champion(client, name, str(version), metrics["f1"])
     for key in ("champion_previous_version", "champion_previous_f1", "promoted"):
         client.set_tag(run_id, key, decision[key])
     return f"{where}: metrics logged; {decision['message']}"

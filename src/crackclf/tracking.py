@@ -6,6 +6,12 @@ as an absolute path: DVC runs queued and ``--temp`` experiments in a copy under
 For the same reason a local SQLite store keeps its artifacts beside the database
 (``<db folder>/mlruns/``), never under the current directory, MLflow's default.
 
+Several processes may write one SQLite store at once (``dvc queue start -j 2``).
+SQLite serialises their writes (MLflow sets a 20 s busy timeout); what it cannot
+serialise are check-then-act steps: creating a new store's tables (MLflow does it
+on first use, without a transaction) and its experiment, and moving the champion
+alias. Those run under :func:`store_lock`, a file lock beside the database.
+
 ``mlflow`` is imported inside the functions that need it, so importing this
 module stays cheap for the stages that only read the run file.
 """
@@ -68,36 +74,67 @@ def configure(cwd: str | Path | None = None) -> str:
     return uri
 
 
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment's artifacts go: beside a local SQLite file; else the store decides."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, absolute; None for other stores and ``:memory:``."""
     prefix = "sqlite:///"
     db = unquote(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) else ""
     if not db or db == ":memory:":
         return None
-    return str(Path(db).resolve().parent / ARTIFACTS_DIR)
+    return Path(db).resolve()
+
+
+def store_lock(uri: str, timeout: float = 300):
+    """A lock for read-then-write steps on the store ``uri``, shared by this host's processes.
+
+    ``<database>.lock`` beside a SQLite file; for other stores (a tracking server)
+    ``.dvc/tmp/mlflow.lock`` in the workspace, which at least serialises the queued
+    experiments of one workspace; a no-op lock where there is neither.
+    """
+    import contextlib
+
+    from filelock import FileLock
+
+    if db := sqlite_file(uri):
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(db.with_name(db.name + ".lock"), timeout=timeout)
+    dvc_tmp = workspace_root() / ".dvc" / "tmp"
+    if dvc_tmp.parent.is_dir():
+        dvc_tmp.mkdir(exist_ok=True)
+        return FileLock(dvc_tmp / "mlflow.lock", timeout=timeout)
+    return contextlib.nullcontext()
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a local SQLite file; else the store decides."""
+    db = sqlite_file(uri)
+    return str(db.parent / ARTIFACTS_DIR) if db else None
 
 
 def experiment_id(name: str) -> str:
     """The id of experiment ``name``, created (or restored from the bin) if needed.
 
-    Safe against a concurrent run creating it at the same moment (queued DVC experiments).
+    Safe against concurrent runs doing the same (queued DVC experiments): under
+    :func:`store_lock`, as the first access to a new SQLite store creates its tables,
+    which MLflow does without a transaction ("table ... already exists" for all but one).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    for _ in range(2):
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        root = artifact_root(mlflow.get_tracking_uri())
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
-        try:
-            return client.create_experiment(name, artifact_location=root and str(Path(root, slug)))
-        except MlflowException:
-            continue  # created by someone else in between: read it back
+    uri = mlflow.get_tracking_uri()
+    with store_lock(uri):
+        client = mlflow.MlflowClient()
+        for _ in range(2):
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            root = artifact_root(uri)
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+            try:
+                return client.create_experiment(name, artifact_location=root and str(Path(root, slug)))
+            except MlflowException:
+                continue  # created by another host's process in between: read it back
     raise RuntimeError(f"MLflow experiment {name!r} can be neither found nor created")
 
 

@@ -13,7 +13,8 @@ state go to a checkpoint folder beside the model (``models/.model.keras.checkpoi
 so an interrupted run (Ctrl-C, SIGTERM, a crash) resumes from its last finished
 epoch, unless ``--fresh``. Outputs are written to temporary names and renamed, and the
 checkpoint is removed once they all exist. The MLflow run of an interrupted try ends
-FAILED, never RUNNING.
+FAILED, never RUNNING (one killed outright, SIGKILL, is marked FAILED by the next try).
+Under DVC, training also stops when the dvc process is killed alone.
 
 Devices: all GPUs of the host through tf.distribute.MirroredStrategy (``train.distribute``),
 mixed float16 on GPUs with tensor cores (``train.mixed_precision: auto``). Multi-host
@@ -58,6 +59,7 @@ _NOT_IN_FINGERPRINT = {
 
 def main(args, params: Params) -> int:
     with _sigterm_as_interrupt():
+        _stop_with_dvc()
         result = run(params, args.data_dir, args.model, args.metrics, args.history, args.run_file, fresh=args.fresh)
     best, info = result["metrics"]["best"], result["run"]
     scores = ", ".join(f"{k} {best[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_auc") if k in best)
@@ -100,9 +102,11 @@ def run(
     policy = _set_precision(train.mixed_precision, gpus)
 
     checkpoint = Checkpoint(model_path, _fingerprint(params, data_dir))
+    stale_runs = [checkpoint.last_run()]  # read first: --fresh or other params remove the checkpoint
     if fresh:
         checkpoint.remove()
     state = checkpoint.load()
+    stale_runs.append(state and state.get("run_id"))
     try:
         with strategy.scope() if strategy else contextlib.nullcontext():
             model = compile_model(build_model(train, size, params.seed), train)
@@ -118,24 +122,25 @@ def run(
         )
         return _tracked_run(
             model, inputs, params, history, state, checkpoint, device, callbacks,
-            model_path, Path(metrics_path), Path(history_path), Path(run_file),
+            model_path, Path(metrics_path), Path(history_path), Path(run_file), stale_runs,
         )
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
 
 
 def _tracked_run(model, inputs, params, history, state, checkpoint, device, callbacks,
-                 model_path, metrics_path, history_path, run_file) -> dict:
+                 model_path, metrics_path, history_path, run_file, stale_runs) -> dict:
     train = params.train
     uri = tracking.configure()
     experiment_id = tracking.experiment_id(train.experiment_name)
-    if state and state.get("run_id"):
-        tracking.fail_if_running(state["run_id"])  # a try killed too hard to end its own run
+    for stale in dict.fromkeys(filter(None, stale_runs)):
+        tracking.fail_if_running(stale)  # a try killed too hard to end its own run (SIGKILL, power cut)
     tags = {**tracking.run_tags(), **device}
     if state:
         tags.update({"resumed_from_run": state.get("run_id") or "", "resumed_after_epoch": str(len(history))})
     with mlflow.start_run(experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"), tags=tags) as active:
         run_id = active.info.run_id
+        checkpoint.started(run_id)
         _say(f"MLflow run {run_id} in {uri}")
         sizes = {"data.train_images": len(inputs.y), "data.val_images": len(inputs.yv)}
         mlflow.log_params({**config.flatten(params), **sizes})
@@ -540,6 +545,19 @@ class Checkpoint:
         self.state: dict | None = None
         self.path: Path | None = None
 
+    def started(self, run_id: str) -> None:
+        """Name the try's MLflow run before its first epoch ends: a try killed even then is ended by the next."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".gitignore").write_text("*\n", encoding="utf-8")
+        (self.dir / "run.json").write_text(json.dumps({"run_id": run_id}), encoding="utf-8")
+
+    def last_run(self) -> str | None:
+        """The MLflow run of the last try that started here, if its checkpoint was not removed."""
+        try:
+            return json.loads((self.dir / "run.json").read_text(encoding="utf-8"))["run_id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def _epochs(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
@@ -668,10 +686,39 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _stop_with_dvc() -> None:
+    """Under DVC, get SIGTERM when the dvc process dies (Linux).
+
+    DVC passes no signal but the terminal's Ctrl-C on to its stage, so a dvc killed
+    alone (``kill``, an IDE's stop button) would leave training running unseen: its
+    outputs would never reach dvc.lock, and it would race the user's rerun for the
+    same files. Not outside DVC, where a parent shell may well exit first (``nohup``).
+    """
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        signal.raise_signal(signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a killed `dvc exp run`, a scheduler) unwinds like Ctrl-C: checkpoint kept, run FAILED."""
+def _sigterm_as_interrupt(grace_s: float = 5.0):
+    """SIGTERM (a killed `dvc exp run`, a scheduler) unwinds like Ctrl-C: checkpoint kept, run FAILED.
+
+    Repeats within ``grace_s`` are ignored, so they cannot cut short the ending of the
+    MLflow run: a dying multi-threaded parent signals once per thread (PR_SET_PDEATHSIG).
+    """
+    first = []
+
     def interrupt(signum, frame):
+        if first and time.monotonic() - first[0] < grace_s:
+            return
+        first[:] = [time.monotonic()]
         raise KeyboardInterrupt
 
     try:
