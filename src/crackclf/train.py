@@ -138,7 +138,9 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
     tags = {**tracking.run_tags(), **device}
     if state:
         tags.update({"resumed_from_run": state.get("run_id") or "", "resumed_after_epoch": str(len(history))})
-    with mlflow.start_run(experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"), tags=tags) as active:
+    # MLflow's generated names come from Python's seeded RNG: same seed, same name. Use the clock instead.
+    run_name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as active:
         run_id = active.info.run_id
         checkpoint.started(run_id)
         _say(f"MLflow run {run_id} in {uri}")
