@@ -258,13 +258,10 @@ def stack(pngs: list[bytes], out: Path) -> tuple[int, int]:
     for image in images:
         sheet.paste(image, (0, y))
         y += image.height + gap
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    from crackclf.files import atomic_path
+
+    with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG", optimize=True)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return sheet.size
 
 

@@ -1,14 +1,14 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 import synth
+from mlflow_server import restore_mlflow_settings, saved_mlflow_settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-MLFLOW_ENV = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+MLFLOW_ENV = saved_mlflow_settings()
 
 
 @pytest.fixture(autouse=True)
@@ -21,16 +21,7 @@ def _no_mlflow_store_leaks():
     or a server it has stopped, stays the registry of every test after it.
     """
     yield
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-    for key, value in MLFLOW_ENV.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_mlflow_settings(MLFLOW_ENV)
 
 
 @pytest.fixture(scope="session")

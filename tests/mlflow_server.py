@@ -115,19 +115,31 @@ def tracking_to(uri: str) -> Iterator[str]:
     ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ`` and keeps the URI
     in a global: none of it may outlive the test and point later ones at a stopped server.
     """
-    import mlflow
-
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {k: os.environ.get(k) for k in keys}
+    saved = saved_mlflow_settings()
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         yield uri
     finally:
+        restore_mlflow_settings(saved)
+
+
+MLFLOW_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def saved_mlflow_settings() -> dict[str, str | None]:
+    return {k: os.environ.get(k) for k in MLFLOW_ENV_KEYS}
+
+
+def restore_mlflow_settings(saved: dict[str, str | None]) -> None:
+    """Back to ``saved``: MLflow's URI globals cleared, its environment variables as they were."""
+    if "mlflow" in sys.modules:
+        import mlflow
+
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

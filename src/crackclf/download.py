@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from crackclf import CrackclfError, __version__, archive
+from crackclf.files import atomic_dir
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection; the read timeout is download.timeout
 MAX_BACKOFF = 60.0
@@ -63,11 +63,8 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
     the first retry's wait in seconds; it doubles per retry (at most 60 s).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     part_dir = out_dir.with_name(out_dir.name + ".part")
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    staging.mkdir()  # beside out_dir, so the final rename stays on one file system
-    try:
+    with atomic_dir(out_dir) as staging:  # beside out_dir, so the final rename stays on one file system
         local = _local_path(url)
         if local is None:
             fetched, source_name = _fetch_http(url, part_dir, timeout=timeout, retries=retries,
@@ -85,11 +82,8 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
             if local is None:  # the file is complete but wrong: resuming it would only fail again
                 shutil.rmtree(part_dir, ignore_errors=True)
             raise
-        _replace(staging, out_dir)
-        shutil.rmtree(part_dir, ignore_errors=True)
-        return Result(out_dir / result.path.name, result.summary, result.sha256)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    return Result(out_dir / result.path.name, result.summary, result.sha256)
 
 
 def main(args, params) -> int:
@@ -161,20 +155,6 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _replace(staging: Path, out_dir: Path) -> None:
-    """Swap the finished folder into place: the old output survives until the new one is there."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -15,8 +15,6 @@ written even when MLflow cannot be reached; one line on stderr says so.
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from crackclf import CrackclfError, dataset, predict
+from crackclf.files import write_csv, write_json
 
 MAX_CURVE_POINTS = 500  # per curve file: enough for a smooth plot, small enough for dvc plots
 CHAMPION = "champion"
@@ -146,8 +145,8 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
     write_plots(plots_dir, y_test, probs, threshold, files, x_test, cfg.worst_examples, metrics)
     threshold_info = {**chosen, "image_size": size, "model": str(model_path),
                       "model_sha256": predict.file_sha256(model_path)}
-    predict.atomic_write(threshold_path, lambda f: f.write(json.dumps(threshold_info, indent=2) + "\n"))
-    predict.atomic_write(metrics_path, lambda f: f.write(json.dumps(metrics, indent=2) + "\n"))
+    write_json(threshold_path, threshold_info)
+    write_json(metrics_path, metrics)
 
     print(summary(metrics, chosen))
     try:
@@ -174,12 +173,12 @@ def write_plots(plots_dir: Path, y, probs, threshold: float, files: list[str], i
                 worst: int, metrics: dict) -> None:
     names = dataset.LABEL_NAMES
     pred = (probs >= threshold).astype(int)
-    _write_csv(plots_dir / "predictions.csv", ["file", "actual", "predicted", "probability"],
+    write_csv(plots_dir / "predictions.csv", ["file", "actual", "predicted", "probability"],
                [{"file": f, "actual": names[int(t)], "predicted": names[int(q)], "probability": _r(p)}
                 for f, t, q, p in zip(files, y, pred, probs)])
     roc, pr = curves(y, probs)
-    _write_csv(plots_dir / "roc.csv", ["fpr", "tpr", "threshold"], roc)
-    _write_csv(plots_dir / "precision_recall.csv", ["recall", "precision", "threshold"], pr)
+    write_csv(plots_dir / "roc.csv", ["fpr", "tpr", "threshold"], roc)
+    write_csv(plots_dir / "precision_recall.csv", ["recall", "precision", "threshold"], pr)
     _plot_confusion(plots_dir / "confusion_matrix.png", metrics)
     _plot_curve(plots_dir / "roc.png", roc, "fpr", "tpr", metrics, "ROC",
                 f"AUC {metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "one class only")
@@ -187,15 +186,6 @@ def write_plots(plots_dir: Path, y, probs, threshold: float, files: list[str], i
                 f"AP {metrics['average_precision']:.4f}" if metrics["average_precision"] is not None
                 else "one class only")
     _plot_worst(plots_dir / "worst_errors.png", y, probs, threshold, files, images, worst)
-
-
-def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    def write(f) -> None:
-        w = csv.DictWriter(f, fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
-    predict.atomic_write(path, write)
 
 
 def _plot_confusion(path: Path, metrics: dict) -> None:

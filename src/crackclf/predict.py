@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, dataset, imaging
+from crackclf import CrackclfError, dataset, files, imaging
 
 THRESHOLD_FILE = "threshold.json"  # written by evaluate beside the model file
 THRESHOLD_ARTIFACT = "eval/threshold.json"  # the same file in the training's MLflow run
@@ -383,47 +383,26 @@ def label_name(probability: float, threshold: float) -> str:
 
 # --- output ----------------------------------------------------------------------------------
 
-def atomic_write(path: Path, write: Callable[[io.TextIOBase], None]) -> None:
-    """Write through a temporary file in the same folder: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            write(f)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_rows(predictions: Sequence[Prediction], output: Path | None) -> None:
     """CSV to stdout or FILE.csv, or a JSON list to FILE.json."""
     rows = [p.row() for p in predictions]
-
-    def as_csv(f) -> None:
-        w = csv.DictWriter(f, ROW_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
     if output is None:
         try:
-            as_csv(sys.stdout)
+            w = csv.DictWriter(sys.stdout, ROW_FIELDS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
             sys.stdout.flush()
         except BrokenPipeError:  # `crackclf predict ... | head`: the reader has all it wants
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     elif output.suffix.lower() == ".json":
-        atomic_write(output, lambda f: f.write(json.dumps(rows, indent=2) + "\n"))
+        files.write_json(output, rows)
     else:
-        atomic_write(output, as_csv)
+        files.write_csv(output, ROW_FIELDS, rows)
 
 
 def save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=PLOT_DPI)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def grid_layout(n: int, ncols: int, title: bool = False) -> tuple[int, int, float, float]:

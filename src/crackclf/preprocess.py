@@ -38,12 +38,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import mmap
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -56,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from crackclf import CrackclfError, archive, dataset, imaging
+from crackclf.files import atomic_dir, write_json
 
 CHUNK_SIZE = 64  # images per worker task: amortises the IPC, still balances the workers
 CHUNK_BYTES = 4 << 20  # and at most this much decoded pixels per task (large image_size)
@@ -76,8 +75,9 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
         raise CrackclfError(f"{source}: no readable images under Positive/ or Negative/")
     splits = split(files.kept, pp.val_fraction, pp.test_fraction, pp.split_by, pp.block_size, params.seed)
     metrics = _metrics(files, splits)
-    _replace_dir(Path(out_dir), lambda tmp: _write_outputs(tmp, read, files, splits, pp.image_size, workers))
-    _replace_file(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
+    with atomic_dir(out_dir) as tmp:
+        _write_outputs(tmp, read, files, splits, pp.image_size, workers)
+    write_json(metrics_path, metrics)
     return metrics
 
 
@@ -475,37 +475,3 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> No
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def _replace_dir(out_dir: Path, fill) -> None:
-    """Fill a temporary folder beside ``out_dir``, then swap it in: never a half-written output."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if out_dir.is_dir() and not out_dir.is_symlink():
-            os.rename(out_dir, old)
-        elif out_dir.exists() or out_dir.is_symlink():
-            out_dir.unlink()
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if old.exists() and not out_dir.exists():
-            os.rename(old, out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _replace_file(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -25,6 +25,8 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
+from crackclf import files
+
 EXPS_MARKER = (".dvc", "tmp", "exps")  # DVC 3: experiment copies live in <root>/.dvc/tmp/exps/[standalone/]tmpXXXX
 ARTIFACTS_DIR = "mlruns"
 
@@ -262,11 +264,7 @@ def log_keras_model(model, input_example, registered_model: str | None = None):
 
 def write_run_file(path: str | Path, info: dict) -> None:
     """``info``: run_id, experiment_id, tracking_uri, registered_model, model_version."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    files.write_json(path, info)
 
 
 def read_run_file(path: str | Path) -> dict:

@@ -44,7 +44,7 @@ import keras
 import mlflow
 import numpy as np
 
-from crackclf import CrackclfError, config, dataset, tracking
+from crackclf import CrackclfError, config, dataset, files, tracking
 from crackclf.config import ConfigError, Params
 from crackclf.model import build_model, compile_model
 
@@ -161,7 +161,7 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
         _save_model(export, model_path)
         info = tracking.log_keras_model(export, inputs.example(), train.registered_model)
         _write_history(history, history_path)
-        _write_json(metrics, metrics_path)
+        files.write_json(metrics_path, metrics)
         mlflow.log_metrics({
             "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"],
             "images_per_s": metrics["images_per_s"], "wall_time_s": metrics["wall_time_s"],
@@ -518,12 +518,12 @@ def _fingerprint(params: Params, data_dir: str | Path) -> str:
     """What a checkpoint belongs to: the params that shape the weights and the data files' identity."""
     flat = {k: v for k, v in config.flatten(params).items()
             if (k.startswith("train.") or k in ("seed", "preprocess.image_size")) and k not in _NOT_IN_FINGERPRINT}
-    files = []
+    data = []
     for split in ("train", "val"):
         for path in (dataset.images_path(data_dir, split), dataset.labels_path(data_dir, split)):
             st = path.stat()
-            files.append([path.name, st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"params": flat, "data": files, "backend": keras.backend.backend()}, sort_keys=True, default=str)
+            data.append([path.name, st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"params": flat, "data": data, "backend": keras.backend.backend()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -653,27 +653,8 @@ def _inference_model(model: keras.Model, params: Params) -> keras.Model:
 
 
 def _save_model(model: keras.Model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras wants the .keras suffix
-    try:
+    with files.atomic_path(path) as tmp:  # keeps the .keras suffix Keras insists on
         model.save(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(data: dict, path: Path) -> None:
-    _write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_history(history: list[dict], path: Path) -> None:
@@ -681,7 +662,7 @@ def _write_history(history: list[dict], path: Path) -> None:
     for row in history:
         lines.append(",".join(str(row["epoch"]) if k == "epoch" else (f"{row[k]:.6g}" if k in row else "")
                               for k in HISTORY_COLUMNS))
-    _write_atomic(path, "\n".join(lines) + "\n")
+    files.write_text(path, "\n".join(lines) + "\n")
 
 
 def _say(message: str) -> None:
