@@ -51,6 +51,9 @@ _RAR_ERRORS = {
 }
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+
+
 class ArchiveError(CrackclfError):
     """An archive that is unsafe, unreadable, or holds no class folders."""
 
@@ -289,6 +292,25 @@ class _Reader:
                         continue
                     yield from self._container(path, fmt, f"{where}/{name}", depth + 1)
 
+    def _member(self, open_member, name: str, size: int, where: str, depth: int,
+                errors: tuple) -> Iterator[tuple[str, int, bytes]]:
+        """One file of a zip or tar: an image under a class folder, a nested archive, or nothing."""
+        label = class_of(name)
+        try:
+            with open_member() as f:
+                if label is not None:
+                    item = self._emit(name, label, self._read(f, where, size), where)
+                else:
+                    head = f.read(HEAD_BYTES)
+                    fmt = detect_format(head)
+                    item = self._spill(f, head, where) if fmt else None
+        except errors as err:
+            raise ArchiveError(f"{where}: cannot read {name!r} ({err})") from None
+        if label is not None:
+            yield item
+        elif item is not None:
+            yield from self._nested(item, fmt, f"{where}:{name}", depth + 1)
+
     # zip
 
     def _zip(self, path: Path, where: str, depth: int) -> Iterator[tuple[str, int, bytes]]:
@@ -306,26 +328,17 @@ class _Reader:
             for name, info in members:
                 if _skipped(name):
                     continue
-                try:
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        if info.file_size > 4096:
-                            raise ArchiveError(f"{where}: link {name!r} has a {info.file_size}-byte target")
-                        self._check_link(name, zf.read(info).decode("utf-8", "replace"), where)
-                        continue
-                    label = class_of(name)
-                    with zf.open(info) as f:
-                        if label is not None:
-                            item = self._emit(name, label, self._read(f, where, info.file_size), where)
-                        else:
-                            head = f.read(HEAD_BYTES)
-                            fmt = detect_format(head)
-                            item = self._spill(f, head, where) if fmt else None
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as err:
-                    raise ArchiveError(f"{where}: cannot read {name!r} ({err})") from None
-                if label is not None:
-                    yield item
-                elif item is not None:
-                    yield from self._nested(item, fmt, f"{where}:{name}", depth + 1)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    if info.file_size > 4096:
+                        raise ArchiveError(f"{where}: link {name!r} has a {info.file_size}-byte target")
+                    try:
+                        target = zf.read(info).decode("utf-8", "replace")
+                    except _ZIP_ERRORS as err:
+                        raise ArchiveError(f"{where}: cannot read {name!r} ({err})") from None
+                    self._check_link(name, target, where)
+                    continue
+                yield from self._member(lambda info=info: zf.open(info), name, info.file_size, where, depth,
+                                        _ZIP_ERRORS)
 
     # tar
 
@@ -351,21 +364,8 @@ class _Reader:
                 if not member.isfile() or _skipped(name):
                     continue
                 self._declare(member.size, where)  # tar sizes are exact: data is never longer
-                label = class_of(name)
-                try:
-                    f = tf.extractfile(member)
-                    if label is not None:
-                        item = self._emit(name, label, self._read(f, where, member.size), where)
-                    else:
-                        head = f.read(HEAD_BYTES)
-                        fmt = detect_format(head)
-                        item = self._spill(f, head, where) if fmt else None
-                except errors as err:
-                    raise ArchiveError(f"{where}: cannot read {name!r} ({err})") from None
-                if label is not None:
-                    yield item
-                elif item is not None:
-                    yield from self._nested(item, fmt, f"{where}:{name}", depth + 1)
+                yield from self._member(lambda member=member: tf.extractfile(member), name, member.size, where,
+                                        depth, errors)
 
     # RAR
 
