@@ -58,9 +58,10 @@ _NOT_IN_FINGERPRINT = {
 
 
 def main(args, params: Params) -> int:
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt() as stop:
         _stop_with_dvc()
-        result = run(params, args.data_dir, args.model, args.metrics, args.history, args.run_file, fresh=args.fresh)
+        result = run(params, args.data_dir, args.model, args.metrics, args.history, args.run_file,
+                     fresh=args.fresh, callbacks=[stop])
     best, info = result["metrics"]["best"], result["run"]
     scores = ", ".join(f"{k} {best[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_auc") if k in best)
     print(
@@ -689,27 +690,41 @@ def _stop_with_dvc() -> None:
         signal.raise_signal(signal.SIGTERM)
 
 
+class _StopRequest(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the next batch once SIGTERM came: the signal handler's own
+    exception is lost when it lands in code that swallows exceptions (a finalizer, say)."""
+
+    requested = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt(grace_s: float = 5.0):
     """SIGTERM (a killed `dvc exp run`, a scheduler) unwinds like Ctrl-C: checkpoint kept, run FAILED.
 
-    Repeats within ``grace_s`` are ignored, so they cannot cut short the ending of the
-    MLflow run: a dying multi-threaded parent signals once per thread (PR_SET_PDEATHSIG).
+    Yields a callback for training that makes sure the interrupt lands. Repeats within
+    ``grace_s`` are ignored, so they cannot cut short the ending of the MLflow run: a
+    dying multi-threaded parent signals once per thread (PR_SET_PDEATHSIG).
     """
+    stop = _StopRequest()
     first = []
 
     def interrupt(signum, frame):
         if first and time.monotonic() - first[0] < grace_s:
             return
         first[:] = [time.monotonic()]
+        stop.requested = True
         raise KeyboardInterrupt
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread
-        yield
+        yield stop
         return
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
