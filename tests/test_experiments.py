@@ -292,21 +292,31 @@ def test_plots_diff_draws_both_experiments_curves(project, grid, tmp_path):
 LONG = ("-S", "train.learning_rate=0.0017", "-S", "train.epochs=40", "-S", "train.batch_size=8")
 
 
-def _session_pids(session: int, *words: str) -> list[int]:
-    """Processes of ``session`` whose command line holds all ``words``."""
-    pids = []
+def _session_procs(session: int, *words: str) -> dict[int, tuple[int, str]]:
+    """Processes of ``session`` whose command line holds all ``words``: pid -> (parent pid, executable)."""
+    procs = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            exe = os.readlink(proc / "exe")
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session, ...
         if int(fields[3]) == session and fields[0] != "Z" and all(w in cmd for w in words):
-            pids.append(int(proc.name))
-    return pids
+            procs[int(proc.name)] = (int(fields[1]), exe)
+    return procs
+
+
+def _training_pid(session: int) -> int | None:
+    """The Python process that runs `crackclf train`: not a shell that wraps it, nor a child it
+    forked on its way to exec'ing something else (git, say), which briefly shares its command line."""
+    procs = {pid: parent for pid, (parent, exe) in _session_procs(session, "crackclf", "train").items()
+             if "python" in Path(exe).name}
+    roots = [pid for pid, parent in procs.items() if parent not in procs]
+    return roots[0] if len(roots) == 1 else None
 
 
 def _alive(pid: int) -> bool:
@@ -336,10 +346,11 @@ class Try:
             assert self.proc.poll() is None, f"dvc exp run ended before training:\n{self.text()[-3000:]}"
             if m := re.search(r"MLflow run (\w+) in", self.text()):
                 if not epochs_saved or m.group(1) in saved_by(self.ws):
-                    (pid,) = _session_pids(self.proc.pid, "crackclf", "train")
-                    return m.group(1), pid
+                    if pid := _training_pid(self.proc.pid):
+                        return m.group(1), pid
             time.sleep(0.02)
-        raise AssertionError(f"no training after {timeout} s:\n{self.text()[-3000:]}")
+        procs = _session_procs(self.proc.pid)
+        raise AssertionError(f"no training after {timeout} s; processes {procs}:\n{self.text()[-3000:]}")
 
     def wait(self, timeout: float = 120) -> int:
         """dvc's exit status (a training it orphaned may still be ending its MLflow run)."""
@@ -351,7 +362,7 @@ class Try:
 
     def kill(self) -> None:
         """Whatever of this try still runs, orphans included (they keep the session)."""
-        for pid in [self.proc.pid] * (self.proc.poll() is None) + _session_pids(self.proc.pid):
+        for pid in [self.proc.pid] * (self.proc.poll() is None) + list(_session_procs(self.proc.pid)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
