@@ -11,10 +11,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pytest
-
-import synth
-
 
 def members(folder: Path, prefix: str = "") -> dict[str, bytes]:
     """The dataset's files as {archive member name: bytes}, sorted by name."""
@@ -56,9 +52,3 @@ def zip_bytes(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) 
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory) -> Path:
-    """Positive/ and Negative/ with 3 small (64 px) synthetic JPEGs each: quick to pack in every format."""
-    return synth.write_dataset(tmp_path_factory.mktemp("small") / "dataset", 3, size=64)

@@ -7,7 +7,6 @@ import synth
 from mlflow_server import restore_mlflow_settings, saved_mlflow_settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
 MLFLOW_ENV = saved_mlflow_settings()
 
 
@@ -22,6 +21,19 @@ def _no_mlflow_store_leaks():
     """
     yield
     restore_mlflow_settings(MLFLOW_ENV)
+
+
+@pytest.fixture
+def no_dvc_env(monkeypatch):
+    """As if run outside DVC, with no tracking server named."""
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """Positive/ and Negative/ with 3 small (64 px) synthetic JPEGs each: quick to pack in every format."""
+    return synth.write_dataset(tmp_path_factory.mktemp("small") / "dataset", 3, size=64)
 
 
 @pytest.fixture(scope="session")

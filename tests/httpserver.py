@@ -118,7 +118,7 @@ def _handler(server: FileServer):
     return Handler
 
 
-def closed_port() -> int:
+def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import tarfile
 import zipfile
 
 import pytest
-from archives import members, small_dataset, write_rar, write_tar, write_zip, zip_bytes  # noqa: F401
+from archives import members, write_rar, write_tar, write_zip, zip_bytes
 
 from crackclf import archive
 from crackclf.archive import ArchiveError

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from archives import members, small_dataset, write_rar, write_zip, zip_bytes  # noqa: F401
-from httpserver import FileServer, closed_port
+from archives import members, write_rar, write_zip, zip_bytes
+from httpserver import FileServer, free_port
 
 from crackclf import archive, download
 from crackclf.download import DownloadError
+from workspace import crackclf
 
 
 
@@ -172,7 +171,7 @@ def test_404_is_one_line_and_leaves_nothing(server, tmp_path):
 
 
 def test_unreachable_host_fails_at_once_and_says_how_to_work_offline(tmp_path, sleeps):
-    url = f"http://127.0.0.1:{closed_port()}/file_downloaded"
+    url = f"http://127.0.0.1:{free_port()}/file_downloaded"
     with pytest.raises(DownloadError) as err:
         fetch(url, tmp_path / "raw", retries=5)
     message = str(err.value)
@@ -234,11 +233,10 @@ def test_missing_local_path(tmp_path):
 
 @pytest.mark.parametrize("url_kind", ["unreachable", "404"])
 def test_cli_prints_one_line_and_exits_1(url_kind, server, tmp_path):
-    url = f"http://127.0.0.1:{closed_port()}/x" if url_kind == "unreachable" else server.url("/missing.zip")
+    url = f"http://127.0.0.1:{free_port()}/x" if url_kind == "unreachable" else server.url("/missing.zip")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"download": {"url": url, "retries": 1}}))
-    cmd = [sys.executable, "-m", "crackclf", "download", str(tmp_path / "raw"), "--params", str(params)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = crackclf(tmp_path, "download", tmp_path / "raw", "--params", params)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

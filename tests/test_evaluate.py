@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import synth
+from httpserver import free_port
 from crackclf import config, dataset, evaluate, predict, tracking
 
 # y and p of eight test images; at threshold 0.5: tp 3 (0, 2, 6), fn 1 (3), fp 1 (4), tn 3 (1, 5, 7).
@@ -232,15 +233,11 @@ def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_
 
 def test_unreachable_tracking_server_still_writes_metrics(prepared_dir, tiny_model_path, tmp_path,
                                                           monkeypatch, capsys):
-    import socket
-
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     out = _outputs(tmp_path)
     tracking.write_run_file(out["run_file"], {"run_id": "0" * 32, "experiment_id": "1",
-                                              "tracking_uri": f"http://127.0.0.1:{port}",
+                                              "tracking_uri": url,
                                               "registered_model": "crackclf-test", "model_version": 1})
     metrics = evaluate.run(params(), prepared_dir, tiny_model_path, **out)
     assert json.loads(out["metrics_path"].read_text()) == metrics

@@ -19,11 +19,9 @@ import mlflow
 import pytest
 import yaml
 
-import synth
-from archives import members, write_zip
 from httpserver import FileServer
 from workspace import env as user_env
-from workspace import make_workspace, run
+from workspace import run, served_workspace
 
 # --- concurrent writers on one SQLite store (no DVC) --------------------------------------------------
 
@@ -64,8 +62,8 @@ WRITER = textwrap.dedent("""
 def test_concurrent_writers_keep_every_run(tmp_path):
     """WORKERS processes create one new store and log runs, metrics, model versions and the champion at once."""
     db = tmp_path / "store" / "mlflow.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{db}"
+    uri = f"sqlite:///{db}"
+    env = user_env(MLFLOW_TRACKING_URI=uri)
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(i), str(tmp_path)], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(WORKERS)]
     try:
@@ -86,13 +84,13 @@ def test_concurrent_writers_keep_every_run(tmp_path):
     client = mlflow.MlflowClient(uri, uri)
     runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"writer-{i}" for i in range(WORKERS)]
-    for run in runs:
-        i = int(run.data.tags["writer"])
-        assert run.info.status == "FINISHED"
-        assert run.data.params == {f"train.p{k}": str(k * (i + 1)) for k in range(40)}
+    for r in runs:
+        i = int(r.data.tags["writer"])
+        assert r.info.status == "FINISHED"
+        assert r.data.params == {f"train.p{k}": str(k * (i + 1)) for k in range(40)}
         for key in ("loss", "accuracy", "val_loss"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, STEPS + 1))
-        assert run.data.metrics["test_f1"] == pytest.approx(0.5 + 0.1 * i)
+            assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == list(range(1, STEPS + 1))
+        assert r.data.metrics["test_f1"] == pytest.approx(0.5 + 0.1 * i)
     versions = client.search_model_versions("name='grid-model'")
     assert sorted(int(v.version) for v in versions) == list(range(1, WORKERS + 1))
     assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
@@ -141,16 +139,8 @@ def test_repeated_sigterm_cannot_cut_short_the_cleanup():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A user's workspace after `dvc repro` of the tiny pipeline, committed as the experiments' baseline."""
-    folder = synth.write_dataset(tmp_path_factory.mktemp("data") / "crack-data", 100, seed=5)
-    archive = write_zip(tmp_path_factory.mktemp("zip") / "crack-data.zip", members(folder, "crack-data/"))
-    params = {
-        **synth.TINY_PARAMS,
-        "preprocess": {"image_size": 48, "val_fraction": 0.2, "test_fraction": 0.2,
-                       "split_by": "block", "block_size": 10},
-    }
     with FileServer() as server:
-        params["download"] = {"url": server.serve("/crack-data.zip", archive.read_bytes())}
-        ws = make_workspace(tmp_path_factory.mktemp("ws"), params)
+        ws = served_workspace(tmp_path_factory, server, seed=5)
         run(ws, "dvc", "repro")
     run(ws, "git", "add", "-A")
     run(ws, "git", "commit", "-qm", "baseline: tiny pipeline reproduced")

@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 import synth
-from archives import members, write_zip
 from httpserver import FileServer
-from workspace import make_workspace, run
+from workspace import run, served_workspace
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "preprocess", "train", "evaluate", "predict")
@@ -29,17 +28,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def workspace(server, tmp_path_factory):
-    folder = synth.write_dataset(tmp_path_factory.mktemp("data") / "crack-data", 100, seed=3)
-    archive = write_zip(tmp_path_factory.mktemp("zip") / "crack-data.zip", members(folder, "crack-data/"))
-    url = server.serve("/files/crack-data.zip", archive.read_bytes())
-    params = {
-        **synth.TINY_PARAMS,
-        "download": {"url": url},
-        "preprocess": {"image_size": 48, "val_fraction": 0.2, "test_fraction": 0.2,
-                       "split_by": "block", "block_size": 10},
-        "evaluate": {"threshold": "auto"},
-    }
-    return make_workspace(tmp_path_factory.mktemp("ws"), params)
+    return served_workspace(tmp_path_factory, server, seed=3, evaluate={"threshold": "auto"})
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -15,16 +12,11 @@ from PIL import Image
 
 import synth
 from crackclf import cli, config, dataset, imaging, predict
+from workspace import crackclf
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = (3, 4)  # rows, cols of 227 px tiles in a 908x681 photo
 CRACKS = {(0, 1), (1, 3), (2, 0)}  # (row, col) of the tiles that get a crack
-
-
-def crackclf(*args, cwd=REPO):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "crackclf", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def our_lines(stderr: str) -> list[str]:
@@ -101,7 +93,7 @@ def mixed_folder(tmp_path_factory, photo_patches):
 def test_folder_of_mixed_files(mixed_folder, tiny_model_path, tmp_path):
     notes = tmp_path / "readme.txt"  # named explicitly: tried, and reported
     notes.write_text("not an image")
-    done = crackclf("predict", mixed_folder, notes, tmp_path / "missing.jpg",
+    done = crackclf(REPO, "predict", mixed_folder, notes, tmp_path / "missing.jpg",
                     "--model", tiny_model_path, "--threshold", "0.5")
     assert done.returncode == 1, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
@@ -131,7 +123,7 @@ def test_folder_of_mixed_files(mixed_folder, tiny_model_path, tmp_path):
 
 
 def test_missing_model_is_one_line_and_exit_2(mixed_folder, tmp_path):
-    done = crackclf("predict", mixed_folder / "ref8.png", "--model", tmp_path / "nope.keras")
+    done = crackclf(REPO, "predict", mixed_folder / "ref8.png", "--model", tmp_path / "nope.keras")
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [

@@ -22,12 +22,10 @@ from workspace import make_workspace, run
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_path, monkeypatch):
+def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_path, monkeypatch, no_dvc_env):
     ws = tmp_path / "workspace"
     (ws / ".dvc").mkdir(parents=True)  # a DVC project: its default store would be ws/mlflow.db
     monkeypatch.chdir(ws)
-    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
-        monkeypatch.delenv(name, raising=False)
     data = copy.deepcopy(synth.TINY_PARAMS)
     data["train"]["epochs"] = 3
     params = config.parse(data)

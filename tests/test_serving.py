@@ -15,7 +15,8 @@ from PIL import Image
 
 import synth
 from crackclf import config, evaluate, imaging, predict, train
-from mlflow_server import MLFLOW, free_port, running, server_env, tracking_to
+from httpserver import free_port
+from mlflow_server import MLFLOW, running, server_env, tracking_to
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/crackclf@champion"

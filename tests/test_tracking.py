@@ -1,8 +1,6 @@
 """Where runs land (also from DVC's experiment copies), what they are tagged with, the run file."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -11,12 +9,7 @@ import mlflow
 import pytest
 
 from crackclf import tracking
-
-
-@pytest.fixture
-def no_dvc_env(monkeypatch):
-    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+from workspace import run
 
 
 def test_workspace_root_plain_folder(no_dvc_env, tmp_path):
@@ -57,27 +50,18 @@ def test_dvc_temp_experiment_logs_to_the_users_store(no_dvc_env, tmp_path):
     """A real `dvc exp run --temp`: the stage runs in a copy, the store stays in the project."""
     repo = tmp_path / "project"
     repo.mkdir()
-    env = {
-        **os.environ, "DVC_NO_ANALYTICS": "1", "PROBE_OUT": str(tmp_path / "seen.json"),
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    dvc = [str(Path(sys.executable).with_name("dvc"))]
-
-    def sh(*cmd):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, timeout=120)
-
+    probe_out = tmp_path / "seen.json"
     (repo / "probe.py").write_text(textwrap.dedent(PROBE))
     (repo / "params.yaml").write_text("x: 1\n")
     (repo / "dvc.yaml").write_text(
         f"stages:\n  probe:\n    cmd: {sys.executable} probe.py\n    deps: [probe.py]\n    params: [x]\n"
     )
-    sh("git", "init", "-q")
-    sh(*dvc, "init", "-q")
-    sh("git", "add", "-A")
-    sh("git", "commit", "-qm", "probe")
-    sh(*dvc, "exp", "run", "--temp", "-S", "x=2")
-    seen = json.loads((tmp_path / "seen.json").read_text())
+    run(repo, "git", "init", "-q")
+    run(repo, "dvc", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "probe")
+    run(repo, "dvc", "exp", "run", "--temp", "-S", "x=2", PROBE_OUT=str(probe_out))
+    seen = json.loads(probe_out.read_text())
     assert Path(seen["cwd"]).is_relative_to(repo / ".dvc" / "tmp" / "exps")
     assert seen["uri"] == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
 

@@ -22,8 +22,9 @@ import yaml
 import synth
 from crackclf import CrackclfError, config, dataset, train
 from crackclf.config import ConfigError
+from mlflow_server import tracking_to
+from workspace import crackclf
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def params_with(**train_overrides) -> config.Params:
@@ -58,8 +59,7 @@ def _restore_tf_state():
 
 
 def train_run(params, prepared_dir, root: Path, store: str, **kwargs) -> dict:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store)
+    with tracking_to(store):
         return train.run(params, prepared_dir, **outputs(root), **kwargs)
 
 
@@ -231,19 +231,12 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     assert not (tmp_path / ".model.keras.checkpoint").exists()
 
 
-def _cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "crackclf", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
 @pytest.mark.parametrize(("key", "value"), [("dropout", -0.1), ("optimizer", "sgd")])
 def test_bad_param_fails_before_training(prepared_dir, tmp_path, key, value):
     data = copy.deepcopy(synth.TINY_PARAMS)
     data["train"][key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    proc = _cli(["train", str(prepared_dir)], tmp_path, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    proc = crackclf(tmp_path, "train", prepared_dir, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("crackclf train: error: ") and f"train.{key}" in lines[0]

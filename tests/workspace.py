@@ -16,6 +16,9 @@ from pathlib import Path
 
 import yaml
 
+import synth
+from archives import members, write_zip
+
 REPO = Path(__file__).resolve().parents[1]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@crackclf.invalid",
@@ -47,6 +50,11 @@ def run(ws: Path, *cmd: str, check: bool = True, timeout: float = 600, **extra_e
     return proc
 
 
+def crackclf(cwd: Path, *args, **extra_env: str) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own, as a user types it; its exit code is the caller's to check."""
+    return run(cwd, sys.executable, "-m", "crackclf", *map(str, args), check=False, timeout=300, **extra_env)
+
+
 def make_workspace(dest: Path, params: dict) -> Path:
     """Copy the project to ``dest``, apply ``params`` over params.yaml, commit it all."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -62,3 +70,17 @@ def make_workspace(dest: Path, params: dict) -> Path:
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "workspace")
     return dest
+
+
+def served_workspace(tmp_path_factory, server, seed: int, **params) -> Path:
+    """A workspace whose download.url is a zip of 2 x 100 synthetic patches served by ``server``;
+    the tiny 48 px model with a block split, and ``params`` over that."""
+    folder = synth.write_dataset(tmp_path_factory.mktemp("data") / "crack-data", 100, seed=seed)
+    archive = write_zip(tmp_path_factory.mktemp("zip") / "crack-data.zip", members(folder, "crack-data/"))
+    tiny = {
+        **synth.TINY_PARAMS,
+        "download": {"url": server.serve("/crack-data.zip", archive.read_bytes())},
+        "preprocess": {"image_size": 48, "val_fraction": 0.2, "test_fraction": 0.2,
+                       "split_by": "block", "block_size": 10},
+    }
+    return make_workspace(tmp_path_factory.mktemp("ws"), merge(tiny, params))
