@@ -243,3 +243,11 @@ def test_unreachable_tracking_server_still_writes_metrics(prepared_dir, tiny_mod
     assert json.loads(out["metrics_path"].read_text()) == metrics
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MLflow not updated" in err[0] and "unreachable" in err[0]
+
+
+def test_auto_threshold_between_close_scores_is_used_as_chosen():
+    # Sigmoid scores near 1 sit closer together than any rounding: the threshold is kept exactly.
+    y, p = [0, 0, 1, 1], [0.2, 0.9999990, 0.9999996, 0.9999999]
+    threshold, f1 = evaluate.best_f1_threshold(y, p)
+    m = evaluate.compute_metrics(y, p, threshold)
+    assert f1 == 1.0 and m["f1"] == 1.0 and m["threshold"] == threshold

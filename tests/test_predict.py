@@ -1,8 +1,10 @@
 """crackclf predict: users' files of every kind, whole photos cut into tiles, and the pipeline's examples."""
 
 import csv
+import gc
 import io
 import json
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 import synth
-from crackclf import cli, config, dataset, imaging, predict
+from crackclf import CrackclfError, cli, config, dataset, imaging, predict
 from workspace import crackclf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,3 +254,35 @@ def test_examples_from_predict_images(mixed_folder, tiny_model_path, tmp_path):
     with Image.open(tmp_path / "ex.png") as img:
         assert img.size == predict.grid_pixels(3, params.predict.examples_per_class, title=True)
     assert [predict.truth_from_path(r["path"]) for r in rows] == [0, 1, None]
+
+
+def test_examples_use_the_stride_given(mixed_folder, tiny_model_path, tmp_path):
+    params = config.parse({**synth.TINY_PARAMS, "predict": {"images": [str(mixed_folder / "photo.png")]}})
+    model = predict.load_model(tiny_model_path)
+    (photo,) = predict.examples(params, tmp_path, model, 0.5, 113, print)
+    assert photo.tiles == 5 * 7  # 908x681 in 227 px tiles every 113 px
+
+
+def test_examples_refuse_images_of_another_size(tiny_model_path, tmp_path):
+    from conftest import write_prepared
+
+    data = write_prepared(tmp_path / "prepared", n_per_class=5, size=32)
+    params = config.parse(synth.TINY_PARAMS)
+    with pytest.raises(CrackclfError, match="images are 32 px but the model takes 48 px"):
+        predict.examples(params, data, predict.load_model(tiny_model_path), 0.5, 227, print)
+
+
+def test_decoding_closes_its_files(tmp_path):
+    # Pillow leaves a file it opened by path to the garbage collector after load() (multi-frame)
+    # or a decode error: Python says so with a ResourceWarning.
+    frames = [Image.new("L", (64, 64), v) for v in (0, 128, 255)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    synth.patch(np.random.default_rng(0), True).save(tmp_path / "good.jpg", "JPEG")
+    (tmp_path / "bad.jpg").write_bytes((tmp_path / "good.jpg").read_bytes()[:300])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert imaging.load_patch(tmp_path / "anim.gif", 32).shape == (32, 32, 1)
+        with pytest.raises(imaging.ImageError, match="bad.jpg: not a readable image"):
+            imaging.load_patch(tmp_path / "bad.jpg", 32)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

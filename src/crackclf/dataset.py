@@ -28,8 +28,10 @@ def labels_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}_labels.npy"
 
 
-def load_split(data_dir: str | Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, size, size, 1) uint8 and labels (N,) uint8 of one split."""
+def load_split(data_dir: str | Path, split: str, mmap: bool = True,
+               size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, size, size, 1) uint8 and labels (N,) uint8 of one split; with ``size``, the
+    model's input size, images of another size are refused rather than scored."""
     x_path, y_path = images_path(data_dir, split), labels_path(data_dir, split)
     if not x_path.exists() or not y_path.exists():
         raise CrackclfError(f"{x_path.parent}: no '{split}' split here (run `dvc repro preprocess` first)")
@@ -37,6 +39,9 @@ def load_split(data_dir: str | Path, split: str, mmap: bool = True) -> tuple[np.
     y = np.load(y_path)
     if x.ndim != 4 or x.shape[0] != y.shape[0]:
         raise CrackclfError(f"{x_path}: unexpected shape {x.shape} for {y.shape[0]} labels")
+    if size is not None and x.shape[1:3] != (size, size):
+        raise CrackclfError(f"{x_path.parent}: images are {x.shape[1]} px but the model takes {size} px "
+                            "(preprocess.image_size changed since training? run `dvc repro`)")
     return x, y
 
 

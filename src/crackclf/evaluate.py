@@ -49,10 +49,10 @@ def compute_metrics(y_true, probabilities, threshold: float) -> dict:
         "roc_auc": m.roc_auc_score(y, p) if both else None,
         "average_precision": m.average_precision_score(y, p) if both else None,
         "loss": m.log_loss(y, p, labels=[0, 1]),
-        "threshold": threshold,
     }
     out = {k: None if v is None else round(float(v), 6) for k, v in out.items()}
-    return {**out, "n_test": len(y), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    # The threshold as used: rounding could move it onto a score and change the predictions.
+    return {**out, "threshold": float(threshold), "n_test": len(y), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
 def best_f1_threshold(y_true, probabilities) -> tuple[float, float]:
@@ -112,13 +112,13 @@ def _r(value) -> float:
 
 # --- the stage ------------------------------------------------------------------------------
 
-def choose_threshold(setting, data_dir: Path, model, batch_size: int) -> dict:
+def choose_threshold(setting, data_dir: Path, model, size: int, batch_size: int) -> dict:
     """The threshold and how it was chosen; ``auto`` looks at the validation split only."""
     if setting != "auto":
         return {"threshold": float(setting), "chosen_by": "evaluate.threshold"}
-    x_val, y_val = dataset.load_split(data_dir, "val")
+    x_val, y_val = dataset.load_split(data_dir, "val", size=size)
     threshold, f1 = best_f1_threshold(y_val, predict.predict_proba(model, x_val, batch_size, progress=True))
-    return {"threshold": round(threshold, 6), "chosen_by": "auto: F1-best on the validation split",
+    return {"threshold": threshold, "chosen_by": "auto: F1-best on the validation split",
             "val_f1": round(f1, 6), "n_val": len(y_val)}
 
 
@@ -130,19 +130,16 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
 
     model = predict.load_model(model_path)
     size = predict.input_size(model)
-    x_test, y_test = dataset.load_split(data_dir, "test")
-    if x_test.shape[1:3] != (size, size):
-        raise CrackclfError(f"{data_dir}: images are {x_test.shape[1]} px but the model takes {size} px "
-                            "(preprocess.image_size changed since training? run `dvc repro`)")
+    x_test, y_test = dataset.load_split(data_dir, "test", size=size)
     if len(y_test) == 0:
         raise CrackclfError(f"{data_dir}: the test split is empty (preprocess.test_fraction is 0)")
-    chosen = choose_threshold(cfg.threshold, data_dir, model, cfg.batch_size)
+    chosen = choose_threshold(cfg.threshold, data_dir, model, size, cfg.batch_size)
     threshold = chosen["threshold"]
     probs = predict.predict_proba(model, x_test, cfg.batch_size, progress=True)
     metrics = compute_metrics(y_test, probs, threshold)
     files = [r["file"] for r in dataset.read_manifest(data_dir, "test")]
 
-    write_plots(plots_dir, y_test, probs, threshold, files, x_test, cfg.worst_examples, metrics)
+    write_plots(plots_dir, y_test, probs, files, x_test, cfg.worst_examples, metrics)
     threshold_info = {**chosen, "image_size": size, "model": str(model_path),
                       "model_sha256": predict.file_sha256(model_path)}
     write_json(threshold_path, threshold_info)
@@ -150,7 +147,7 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
 
     print(summary(metrics, chosen))
     try:
-        print(log_to_mlflow(run_file, params.train.registered_model, metrics, chosen,
+        print(log_to_mlflow(run_file, metrics, chosen,
                             [plots_dir / n for n in PLOT_FILES + CSV_FILES] + [threshold_path, metrics_path]))
     except Exception as err:  # noqa: BLE001 - tracking is a side channel: the metrics files stand
         print(f"crackclf evaluate: MLflow not updated ({predict.first_line(err)}); "
@@ -169,10 +166,9 @@ def summary(metrics: dict, chosen: dict) -> str:
 
 # --- plots ------------------------------------------------------------------------------------
 
-def write_plots(plots_dir: Path, y, probs, threshold: float, files: list[str], images,
-                worst: int, metrics: dict) -> None:
+def write_plots(plots_dir: Path, y, probs, files: list[str], images, worst: int, metrics: dict) -> None:
     names = dataset.LABEL_NAMES
-    pred = (probs >= threshold).astype(int)
+    pred = (probs >= metrics["threshold"]).astype(int)
     write_csv(plots_dir / "predictions.csv", ["file", "actual", "predicted", "probability"],
                [{"file": f, "actual": names[int(t)], "predicted": names[int(q)], "probability": _r(p)}
                 for f, t, q, p in zip(files, y, pred, probs)])
@@ -185,7 +181,7 @@ def write_plots(plots_dir: Path, y, probs, threshold: float, files: list[str], i
     _plot_curve(plots_dir / "precision_recall.png", pr, "recall", "precision", metrics, "Precision-recall",
                 f"AP {metrics['average_precision']:.4f}" if metrics["average_precision"] is not None
                 else "one class only")
-    _plot_worst(plots_dir / "worst_errors.png", y, probs, threshold, files, images, worst)
+    _plot_worst(plots_dir / "worst_errors.png", y, probs, files, images, worst, metrics)
 
 
 def _plot_confusion(path: Path, metrics: dict) -> None:
@@ -244,16 +240,11 @@ def worst_errors(y, probs, threshold: float, limit: int) -> np.ndarray:
     return wrong[order][:limit]
 
 
-def _plot_worst(path: Path, y, probs, threshold: float, files: list[str], images, limit: int) -> None:
-    idx = worst_errors(y, probs, threshold, limit)
-    preds = [
-        predict.Prediction(path=files[i], probability=float(probs[i]),
-                           label=predict.label_name(probs[i], threshold), tiles=1,
-                           crack_tiles=int(probs[i] >= threshold), truth=int(y[i]),
-                           preview=np.asarray(images[i, :, :, 0]))
-        for i in idx
-    ]
-    n_wrong = int(((probs >= threshold).astype(int) != np.asarray(y)).sum())
+def _plot_worst(path: Path, y, probs, files: list[str], images, limit: int, metrics: dict) -> None:
+    threshold = metrics["threshold"]
+    preds = [predict.patch_prediction(files[i], probs[i], threshold, int(y[i]), images[i])
+             for i in worst_errors(y, probs, threshold, limit)]
+    n_wrong = metrics["fp"] + metrics["fn"]
     title = (f"{len(preds)} worst of {n_wrong} misclassified test images (threshold {threshold:.3f})"
              if n_wrong else f"no misclassified test images at threshold {threshold:.3f}")
     predict.plot_predictions(preds, path, threshold, ncols=min(8, max(1, len(preds))), title=title)
@@ -261,7 +252,7 @@ def _plot_worst(path: Path, y, probs, threshold: float, files: list[str], images
 
 # --- MLflow -----------------------------------------------------------------------------------
 
-def log_to_mlflow(run_file, registered_model: str, metrics: dict, chosen: dict, files: list[Path]) -> str:
+def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> str:
     """Log to the training's run and update the champion alias; returns a one-line summary."""
     from crackclf import tracking
 
@@ -271,7 +262,7 @@ def log_to_mlflow(run_file, registered_model: str, metrics: dict, chosen: dict, 
     info = tracking.read_run_file(run_file)
     run_id = info["run_id"]
     uri = tracking.configure()
-    _check_store(uri)
+    tracking.check_store(uri)
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -288,10 +279,9 @@ def log_to_mlflow(run_file, registered_model: str, metrics: dict, chosen: dict, 
         if path.is_file():
             client.log_artifact(run_id, str(path), "eval")
 
-    name = info.get("registered_model") or registered_model
-    version = info.get("model_version")
+    name, version = info.get("registered_model"), info.get("model_version")
     where = f"MLflow run {run_id}"
-    if not version:
+    if not (name and version):
         return f"{where}: metrics logged; no registered model version, so no champion update"
     with tracking.store_lock(uri):  # two evaluations at once must not both beat the same old champion
         decision = update_champion(client, name, str(version), metrics["f1"])
@@ -348,23 +338,6 @@ def _f1_of(client, version) -> float | None:
         value = client.get_run(version.run_id).data.metrics.get("test_f1")
         return None if value is None else float(value)
     return None
-
-
-def _check_store(uri: str) -> None:
-    """Fail fast instead of MLflow's minutes of retries, or of creating an empty database."""
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as err:
-            raise CrackclfError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
-    elif uri.startswith("sqlite:///"):
-        from urllib.parse import unquote
-
-        db = unquote(uri.removeprefix("sqlite:///").split("?")[0])
-        if db != ":memory:" and not Path(db).is_file():
-            raise CrackclfError(f"no MLflow store at {Path(db).resolve()}")
 
 
 def main(args, params) -> int:

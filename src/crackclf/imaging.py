@@ -20,25 +20,38 @@ RESAMPLE = Image.Resampling.BOX  # area average: antialiased, and the fastest go
 
 
 class ImageError(CrackclfError):
-    """A file that is not a readable image (corrupt, truncated, unknown format)."""
+    """A file that is not a readable image (corrupt, truncated, unknown format).
+
+    ``detail`` is the message without the file's name, for lists that name it their own way."""
+
+    def __init__(self, name: str, detail: str):
+        super().__init__(f"{name}: {detail}")
+        self.detail = detail
 
 
 def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def open_gray(source: str | Path | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``source`` (a path or the file's bytes) to a fully loaded mode-"L" image."""
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+def open_gray(source: str | Path | bytes, draft_size: tuple[int, int] | None = None,
+              name: str | None = None) -> Image.Image:
+    """Decode ``source`` (a path or the file's bytes; ``name`` for messages) to a loaded mode-"L" image.
+
+    A path is read into memory first: Pillow keeps a file it opened by path open after
+    ``load()`` (multi-frame images) or a decode error, and these images are small.
+    """
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        img = Image.open(io.BytesIO(data))
         if img.format == "JPEG":
             img.draft("L", draft_size or img.size)
         img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies every upright image
+        ImageOps.exif_transpose(img, in_place=True)  # in place: otherwise it copies every upright image
         return _to_gray(img)
     except Exception as err:  # noqa: BLE001 - untrusted bytes: any decoder failure means "unreadable"
-        raise ImageError(f"{name}: not a readable image ({_reason(err)})") from None
+        raise ImageError(name, f"not a readable image ({_reason(err)})") from None
 
 
 def _reason(err: Exception) -> str:
@@ -67,6 +80,6 @@ def resize(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)[:, :, None]
 
 
-def load_patch(source: str | Path | bytes, size: int) -> np.ndarray:
+def load_patch(source: str | Path | bytes, size: int, name: str | None = None) -> np.ndarray:
     """Decode one patch-sized image to the model's (size, size, 1) uint8 input."""
-    return resize(open_gray(source, (size, size)), size)
+    return resize(open_gray(source, (size, size), name), size)

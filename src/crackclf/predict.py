@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, dataset, files, imaging
+from crackclf import CrackclfError, archive, dataset, files, imaging
 
 THRESHOLD_FILE = "threshold.json"  # written by evaluate beside the model file
 THRESHOLD_ARTIFACT = "eval/threshold.json"  # the same file in the training's MLflow run
@@ -112,13 +112,39 @@ def load_model(spec: str | Path):
     return model
 
 
+def resolve_model(spec: str | Path) -> str:
+    """``models:/NAME@ALIAS`` as the version it names now (``models:/NAME/VERSION``), so that the
+    model and its threshold come from one version even if evaluate moves the alias meanwhile."""
+    spec = str(spec)
+    name, _, alias = spec.removeprefix("models:/").partition("@")
+    if not spec.startswith("models:/") or not alias:
+        return spec
+    import mlflow
+
+    _registry(spec)
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"{spec}: cannot load ({first_line(err)})") from None
+    return f"models:/{name}/{version}"
+
+
+def _registry(spec: str) -> None:
+    """Point MLflow at the user's store; a store that is not there is a missing model (exit 2)."""
+    from crackclf import tracking
+
+    try:
+        tracking.check_store(tracking.configure())
+    except CrackclfError as err:
+        raise ModelError(f"{spec}: {err}") from None
+
+
 def _load_registered(uri: str):
     import mlflow
 
     import crackclf.model  # noqa: F401
-    from crackclf import tracking
 
-    tracking.configure()
+    _registry(uri)
     try:
         with _no_mlflow_progress_bars():
             model = mlflow.keras.load_model(uri)
@@ -183,7 +209,7 @@ def default_threshold(model_spec: str | Path, warn: Callable[[str], None]) -> fl
     """
     spec = str(model_spec)
     if spec.startswith("models:/"):
-        return _registered_threshold(spec, warn)
+        return _registered_threshold(resolve_model(spec), warn)
     path = Path(spec).with_name(THRESHOLD_FILE)
     if not path.is_file():
         return DEFAULT_THRESHOLD
@@ -201,16 +227,12 @@ def default_threshold(model_spec: str | Path, warn: Callable[[str], None]) -> fl
 
 
 def _registered_threshold(uri: str, warn: Callable[[str], None]) -> float:
+    """``uri`` as ``resolve_model`` returns it: ``models:/NAME/VERSION``."""
     import mlflow
 
-    name, _, ref = uri.removeprefix("models:/").partition("@")
+    name, _, number = uri.removeprefix("models:/").partition("/")
     try:
-        client = mlflow.MlflowClient()
-        if ref:
-            version = client.get_model_version_by_alias(name, ref)
-        else:
-            name, _, number = name.partition("/")
-            version = client.get_model_version(name, number)
+        version = mlflow.MlflowClient().get_model_version(name, number)
         with _no_mlflow_progress_bars():
             info = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{THRESHOLD_ARTIFACT}")
         return float(info["threshold"])
@@ -243,15 +265,17 @@ def decode(source: str | Path | bytes, size: int, tile_size: int, stride: int, p
     """One image (a file, or its bytes) to model inputs: one patch, or the tiles of a whole photo."""
     from PIL import Image
 
+    name = None if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:  # header only
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()  # read once, parsed twice
+        with Image.open(io.BytesIO(data)) as header:  # header only
             width, height = header.size
     except Exception:  # noqa: BLE001 - load_patch below raises the one-line ImageError
-        width = height = 0
+        data, width, height = source, 0, 0
     if not is_whole_photo(width, height, tile_size):
-        patch = imaging.load_patch(source, size)
+        patch = imaging.load_patch(data, size, name)
         return Decoded(patch[None], None, (width, height), patch[:, :, 0] if preview_px else None)
-    img = imaging.open_gray(source)  # full resolution, EXIF orientation applied
+    img = imaging.open_gray(data, name=name)  # full resolution, EXIF orientation applied
     rows, cols = tile_grid(img.width, img.height, tile_size, stride)
     tiles = np.stack([
         imaging.resize(img.crop((c * stride, r * stride, c * stride + tile_size, r * stride + tile_size)), size)
@@ -267,10 +291,7 @@ def decode(source: str | Path | bytes, size: int, tile_size: int, stride: int, p
 
 def truth_from_path(path: str | Path) -> int | None:
     """Label from the nearest Positive/ or Negative/ folder, as in the dataset; else unknown."""
-    for part in reversed(Path(path).parent.parts):
-        if part.lower() in dataset.CLASS_FOLDERS:
-            return dataset.CLASS_FOLDERS[part.lower()]
-    return None
+    return archive.class_of(Path(path).as_posix())
 
 
 def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[str], list[Path]]:
@@ -318,8 +339,7 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, window: in
 
 
 def predict_files(model, files: Sequence[Path], threshold: float, tile_size: int, stride: int,
-                  batch_size: int, on_error: Callable[[str], None], previews: int = 0,
-                  workers: int | None = None) -> Iterator[Prediction]:
+                  batch_size: int, on_error: Callable[[str], None], previews: int = 0) -> Iterator[Prediction]:
     """Predictions for image files, in order; a file that fails to decode goes to ``on_error``.
 
     The first ``previews`` files keep a picture (at most 1024 px) for plots.
@@ -327,7 +347,7 @@ def predict_files(model, files: Sequence[Path], threshold: float, tile_size: int
     from tqdm import tqdm
 
     size = input_size(model)
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = min(8, os.cpu_count() or 1)
     window = max(4 * workers, batch_size // 2)
 
     def work(item: tuple[int, Path]) -> Decoded:
@@ -379,6 +399,15 @@ def _prediction(path: Path, probs: np.ndarray, d: Decoded, threshold: float,
 
 def label_name(probability: float, threshold: float) -> str:
     return dataset.LABEL_NAMES[int(probability >= threshold)]
+
+
+def patch_prediction(name: str, probability: float, threshold: float, truth: int | None,
+                     image: np.ndarray) -> Prediction:
+    """The prediction for one preprocessed (size, size, 1) patch, such as a test image."""
+    probability = float(probability)
+    return Prediction(path=name, probability=probability, label=label_name(probability, threshold), tiles=1,
+                      crack_tiles=int(probability >= threshold), image_size=(image.shape[1], image.shape[0]),
+                      truth=truth, preview=np.asarray(image[:, :, 0]))
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -507,33 +536,24 @@ def first_line(err: BaseException) -> str:
 
 # --- the pipeline's example prediction -----------------------------------------------------
 
-def examples(params, data_dir: Path, model, threshold: float, on_error: Callable[[str], None]) -> list[Prediction]:
+def examples(params, data_dir: Path, model, threshold: float, stride: int,
+             on_error: Callable[[str], None]) -> list[Prediction]:
     """``predict.images``, or the first ``examples_per_class`` test images of each class (manifest order)."""
     cfg = params.predict
     if cfg.images:
         files, errors, _ = collect(cfg.images)
         for message in errors:
             on_error(message)
-        return list(predict_files(model, files, threshold, cfg.tile_size, cfg.stride, cfg.batch_size,
+        return list(predict_files(model, files, threshold, cfg.tile_size, stride, cfg.batch_size,
                                   on_error, previews=PLOT_MAX_PANELS))
-    size = input_size(model)
-    x, y = dataset.load_split(data_dir, "test")
+    x, y = dataset.load_split(data_dir, "test", size=input_size(model))
     names = [r["file"] for r in dataset.read_manifest(data_dir, "test")]
     picked = [i for label in (1, 0) for i in np.flatnonzero(y == label)[: cfg.examples_per_class]]
     if not picked:
         raise CrackclfError(f"{data_dir}: the test split is empty")
     images = np.asarray(x[picked])
-    if images.shape[1] != size:  # a model trained at another size: same resize path as preprocess
-        from PIL import Image
-
-        images = np.stack([imaging.resize(Image.fromarray(im[:, :, 0], "L"), size) for im in images])
     probs = predict_proba(model, images, cfg.batch_size)
-    return [
-        Prediction(path=names[i], probability=float(p), label=label_name(p, threshold), tiles=1,
-                   crack_tiles=int(p >= threshold), image_size=(x.shape[2], x.shape[1]),
-                   truth=int(y[i]), preview=np.asarray(x[i, :, :, 0]))
-        for i, p in zip(picked, probs)
-    ]
+    return [patch_prediction(names[i], p, threshold, int(y[i]), im) for i, p, im in zip(picked, probs, images)]
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -562,10 +582,11 @@ def main(args, params) -> int:
     if args.examples is not None and args.paths:
         raise UsageError("--examples predicts the pipeline's examples: give no paths with it")
 
-    model = load_model(args.model)  # first: without a model nothing else matters (exit 2)
+    model_spec = resolve_model(args.model)
+    model = load_model(model_spec)  # first: without a model nothing else matters (exit 2)
     if args.examples is not None:
-        threshold = args.threshold if args.threshold is not None else default_threshold(args.model, warn)
-        preds = examples(params, args.examples, model, threshold, on_error)
+        threshold = args.threshold if args.threshold is not None else default_threshold(model_spec, warn)
+        preds = examples(params, args.examples, model, threshold, stride, on_error)
         write_rows(preds, output or DEFAULT_EXAMPLES_CSV)
         plot_predictions(preds, args.plot or DEFAULT_EXAMPLES_PNG, threshold,
                          ncols=params.predict.examples_per_class,
@@ -581,7 +602,7 @@ def main(args, params) -> int:
              f"in folders ({names})")
     if not files:
         return 1
-    threshold = args.threshold if args.threshold is not None else default_threshold(args.model, warn)
+    threshold = args.threshold if args.threshold is not None else default_threshold(model_spec, warn)
     cfg = params.predict
     preds = list(predict_files(model, files, threshold, cfg.tile_size, stride, cfg.batch_size,
                                on_error, previews=PLOT_MAX_PANELS if args.plot else 0))

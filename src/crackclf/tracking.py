@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
-from crackclf import files
+from crackclf import CrackclfError, files
 
 EXPS_MARKER = (".dvc", "tmp", "exps")  # DVC 3: experiment copies live in <root>/.dvc/tmp/exps/[standalone/]tmpXXXX
 ARTIFACTS_DIR = "mlruns"
@@ -83,6 +83,19 @@ def sqlite_file(uri: str) -> Path | None:
     if not db or db == ":memory:":
         return None
     return Path(db).resolve()
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, in one line, instead of MLflow's minutes of retries or a new empty database."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise CrackclfError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
+    elif (db := sqlite_file(uri)) is not None and not db.is_file():
+        raise CrackclfError(f"no MLflow store at {db}")
 
 
 def store_lock(uri: str, timeout: float = 300):
