@@ -1,9 +1,10 @@
 """A small HTTP file server on 127.0.0.1 for download tests, able to misbehave on demand.
 
 It serves registered bytes, honours ``Range`` (206 with ``Content-Range``) and
-``If-Range`` (a strong ETag), and logs every request's headers. Tests can make
-it drop the connection after a number of body bytes, ignore Range, or answer
-with an error status, each for as many requests as they queue.
+``If-Range`` (a strong ETag, or Last-Modified), and logs every request's headers.
+Tests can make it drop the connection after a number of body bytes, ignore Range,
+send no ETag, answer 206 from a fixed byte whatever was asked, redirect, or
+answer with an error status, each for as many requests as they queue.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Served:
     data: bytes
     filename: str | None = None  # sent as Content-Disposition when set
     content_type: str = "application/octet-stream"
+    last_modified: str | None = None  # sent as Last-Modified when set
 
     @property
     def etag(self) -> str:
@@ -35,6 +37,9 @@ class FileServer:
     drops: deque = field(default_factory=deque)  # per request: None, or body bytes to send before hanging up
     statuses: deque = field(default_factory=deque)  # per request: None, or a status code to answer with
     ignore_range: bool = False
+    etags: bool = True  # False: no ETag header, so Last-Modified is the only validator
+    partial_from: int | None = None  # set: every answer is a 206 from this byte, whatever Range asked
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
     retry_after: str | None = None  # sent with error statuses when set
 
     def __post_init__(self):
@@ -53,8 +58,9 @@ class FileServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
 
-    def serve(self, path: str, data: bytes, filename: str | None = None, content_type: str | None = None) -> str:
-        self.files[path] = Served(data, filename, content_type or "application/octet-stream")
+    def serve(self, path: str, data: bytes, filename: str | None = None, content_type: str | None = None,
+              last_modified: str | None = None) -> str:
+        self.files[path] = Served(data, filename, content_type or "application/octet-stream", last_modified)
         return self.url(path)
 
     def requests_for(self, path: str) -> list[dict[str, str]]:
@@ -73,6 +79,12 @@ def _handler(server: FileServer):
             drop = server.drops.popleft() if server.drops else None
             status = server.statuses.popleft() if server.statuses else None
             served = server.files.get(self.path)
+            if self.path in server.redirects:
+                self.send_response(302)
+                self.send_header("Location", server.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if served is None or status is not None:
                 code = status or 404
                 body = f"{code}\n".encode()
@@ -87,7 +99,12 @@ def _handler(server: FileServer):
             wanted = self.headers.get("Range")
             if_range = self.headers.get("If-Range")
             m = re.fullmatch(r"bytes=(\d+)-", wanted or "")
-            if m and not server.ignore_range and (if_range is None or if_range == served.etag):
+            validators = (served.etag if server.etags else None, served.last_modified)
+            if server.partial_from is not None:
+                start = server.partial_from
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            elif m and not server.ignore_range and (if_range is None or if_range in validators):
                 start = int(m.group(1))
                 if start >= len(data):
                     self.send_response(416)
@@ -102,7 +119,10 @@ def _handler(server: FileServer):
             body = data[start:]
             self.send_header("Content-Type", served.content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("ETag", served.etag)
+            if server.etags:
+                self.send_header("ETag", served.etag)
+            if served.last_modified:
+                self.send_header("Last-Modified", served.last_modified)
             self.send_header("Accept-Ranges", "bytes")
             if served.filename:
                 self.send_header("Content-Disposition", f'attachment; filename="{served.filename}"')

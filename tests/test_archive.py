@@ -68,6 +68,20 @@ def test_class_folders_any_case_and_depth(tmp_path):
     assert read_all(src) == {"x/y/POSITIVE/a.jpg": (1, b"1"), "x/negative/sub/b.jpg": (0, b"0")}
 
 
+def test_compressed_files_holding_no_tar_are_passed_over(tmp_path):
+    import gzip
+    import lzma
+
+    notes = {"notes.txt.gz": gzip.compress(b"hello"), "log.xz": lzma.compress(b"hello" * 200)}
+    (tmp_path / "folder" / "Positive").mkdir(parents=True)
+    (tmp_path / "folder" / "Positive" / "a.jpg").write_bytes(b"1")
+    for name, data in notes.items():
+        (tmp_path / "folder" / name).write_bytes(data)
+    assert read_all(tmp_path / "folder") == {"Positive/a.jpg": (1, b"1")}
+    src = write_zip(tmp_path / "a.zip", {"Negative/b.jpg": b"0", **notes})
+    assert read_all(src) == {"Negative/b.jpg": (0, b"0")}
+
+
 def test_macos_companions_are_passed_over(tmp_path):
     src = write_zip(tmp_path / "mac.zip", {"d/Positive/a.jpg": b"1", "__MACOSX/d/Positive/._a.jpg": b"junk",
                                              "d/Negative/._b.jpg": b"junk", "d/Negative/b.jpg": b"0"})

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import yaml
 from archives import members, write_rar, write_zip, zip_bytes
 from httpserver import FileServer, free_port
 
-from crackclf import archive, download
+from crackclf import archive, download, files
 from crackclf.download import DownloadError
 from workspace import crackclf
 
@@ -53,12 +56,19 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir())
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_full_download_detects_the_format_from_the_bytes(server, rar_bytes, tmp_path, sleeps):
     url = server.serve("/files/8a70d8a5/file_downloaded", rar_bytes)  # Mendeley's URL: no extension
     result = fetch(url, tmp_path / "raw")
     assert result.path == tmp_path / "raw" / "dataset.rar"
     assert only_file(tmp_path / "raw").read_bytes() == rar_bytes
-    assert result.sha256 == hashlib.sha256(rar_bytes).hexdigest()
+    assert result.sha256 == hashlib.sha256(rar_bytes).hexdigest() == files.sha256(result.path)
     assert result.summary.images == {0: 3, 1: 3}
     assert leftovers(tmp_path) == ["raw"]  # no partial or staging folder left behind
     assert sleeps == []
@@ -134,6 +144,39 @@ def test_a_changed_file_is_not_spliced_onto_the_old_part(server, rar_bytes, smal
     assert only_file(tmp_path / "raw").read_bytes() == new.read_bytes()
 
 
+def test_without_an_etag_last_modified_guards_the_resume(server, rar_bytes, small_dataset, tmp_path, sleeps):
+    server.etags = False
+    url = server.serve("/d", rar_bytes, last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
+    server.drops.append(len(rar_bytes) // 2)
+    with pytest.raises(DownloadError):
+        fetch(url, tmp_path / "raw", retries=0)
+    new = write_zip(tmp_path / "new.zip", members(small_dataset))
+    server.serve("/d", new.read_bytes(), last_modified="Tue, 02 Jan 2024 00:00:00 GMT")
+    fetch(url, tmp_path / "raw")
+    assert only_file(tmp_path / "raw").read_bytes() == new.read_bytes()
+    assert server.requests_for("/d")[1]["if-range"] == "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+def test_a_206_to_a_request_without_range_is_a_whole_file(server, rar_bytes, tmp_path, sleeps):
+    url = server.serve("/d.rar", rar_bytes)
+    server.partial_from = 0
+    fetch(url, tmp_path / "raw")
+    assert only_file(tmp_path / "raw").read_bytes() == rar_bytes
+    assert len(server.requests_for("/d.rar")) == 1 and sleeps == []
+
+
+def test_starting_over_counts_as_a_retry(server, rar_bytes, tmp_path, sleeps):
+    url = server.serve("/d.rar", rar_bytes)
+    server.partial_from = 0  # asked to resume, it sends byte 0 on: the partial file is thrown away
+    server.drops.extend([1000, 1000])
+    with pytest.raises(DownloadError, match="resumed at byte 0 instead of 1,000.*gave up after 2 tries"):
+        fetch(url, tmp_path / "raw", retries=1, backoff=0.5)
+    assert [r.get("range") for r in server.requests_for("/d.rar")] == [None, "bytes=1000-"]
+    fetch(url, tmp_path / "raw2", retries=1, backoff=0.5)  # a fresh request, answered whole
+    assert only_file(tmp_path / "raw2").read_bytes() == rar_bytes
+    assert sleeps == [0.5]
+
+
 def test_server_errors_are_retried_with_exponential_backoff(server, rar_bytes, tmp_path, sleeps):
     url = server.serve("/d.rar", rar_bytes)
     server.statuses.extend([503, 502, 500])
@@ -167,6 +210,23 @@ def test_404_is_one_line_and_leaves_nothing(server, tmp_path):
     with pytest.raises(DownloadError) as err:
         fetch(server.url("/nothing.rar"), tmp_path / "raw")
     assert str(err.value) == f"{server.url('/nothing.rar')}: HTTP 404 Not Found (check download.url)"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://exa mple.org/x", "http://a..b/x",
+                                 "http://[::1/x"])
+def test_an_invalid_url_is_a_one_line_error(url, tmp_path, sleeps):
+    with pytest.raises(DownloadError) as err:
+        fetch(url, tmp_path / "raw")
+    assert "\n" not in str(err.value) and sleeps == []
+    assert leftovers(tmp_path) == []
+
+
+def test_a_redirect_loop_is_a_one_line_error(server, tmp_path, sleeps):
+    server.redirects.update({"/a": "/b", "/b": "/a"})
+    with pytest.raises(DownloadError, match="redirects") as err:
+        fetch(server.url("/a"), tmp_path / "raw")
+    assert "\n" not in str(err.value) and sleeps == []
     assert leftovers(tmp_path) == []
 
 
@@ -224,6 +284,29 @@ def test_local_archive_is_copied_under_its_own_name(as_url, small_dataset, tmp_p
     assert src.exists()
 
 
+def test_a_percent_in_a_file_url_is_decoded_once(small_dataset, tmp_path):
+    src = write_zip(tmp_path / "data%41.zip", members(small_dataset))
+    assert "%2541" in src.as_uri()
+    assert fetch(src.as_uri(), tmp_path / "raw").path == tmp_path / "raw" / "data%41.zip"
+
+
+def test_a_killed_runs_leftovers_are_cleaned_and_its_moved_aside_output_restored(server, small_dataset, tmp_path):
+    dead, alive = dead_pid(), os.getppid()
+    old = tmp_path / f".raw.old-{dead}"  # killed between moving the old output aside and renaming the new one in
+    old.mkdir()
+    (old / "dataset.zip").write_bytes(b"previous")
+    (tmp_path / f".raw.tmp-{dead}").mkdir()
+    (tmp_path / f".raw.tmp-{alive}").mkdir()  # a running process's: not ours to touch
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(server.url("/missing.zip"), tmp_path / "raw")
+    assert leftovers(tmp_path) == [f".raw.tmp-{alive}", "raw"]
+    assert (tmp_path / "raw" / "dataset.zip").read_bytes() == b"previous"
+    (tmp_path / f".raw.old-{dead}").mkdir()  # beside an output: only a stale copy
+    fetch(str(small_dataset), tmp_path / "raw")
+    assert leftovers(tmp_path) == [f".raw.tmp-{alive}", "raw"]
+    assert (tmp_path / "raw" / "dataset.zip").read_bytes() != b"previous"
+
+
 def test_missing_local_path(tmp_path):
     with pytest.raises(DownloadError, match="no such file or folder"):
         fetch(str(tmp_path / "nope.rar"), tmp_path / "raw")
@@ -231,16 +314,18 @@ def test_missing_local_path(tmp_path):
         fetch("ftp://example.org/x.rar", tmp_path / "raw")
 
 
-@pytest.mark.parametrize("url_kind", ["unreachable", "404"])
+@pytest.mark.parametrize("url_kind", ["unreachable", "404", "redirect loop"])
 def test_cli_prints_one_line_and_exits_1(url_kind, server, tmp_path):
-    url = f"http://127.0.0.1:{free_port()}/x" if url_kind == "unreachable" else server.url("/missing.zip")
+    server.redirects.update({"/loop": "/loop"})
+    url = {"unreachable": f"http://127.0.0.1:{free_port()}/x", "404": server.url("/missing.zip"),
+           "redirect loop": server.url("/loop")}[url_kind]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"download": {"url": url, "retries": 1}}))
     proc = crackclf(tmp_path, "download", tmp_path / "raw", "--params", params)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    expected = "cannot reach 127.0.0.1" if url_kind == "unreachable" else "HTTP 404"
+    expected = {"unreachable": "cannot reach 127.0.0.1", "404": "HTTP 404", "redirect loop": "redirects"}[url_kind]
     assert lines[0].startswith("crackclf download: error: ") and expected in lines[0]
     assert proc.stdout == "" and not (tmp_path / "raw").exists()
 

@@ -6,6 +6,10 @@ import csv
 import hashlib
 import io
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -239,7 +243,7 @@ def test_failure_midway_keeps_the_previous_output(small_raw, tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(preprocess, "_write_csv", broken)  # after the arrays are written
+    monkeypatch.setattr(preprocess, "write_csv", broken)  # after the arrays are written
     with pytest.raises(OSError, match="disk full"):
         run(small_raw, tmp_path, image_size=16)
     assert tree_bytes(tmp_path) == before
@@ -259,6 +263,25 @@ def test_reads_class_folders_directly_and_refuses_a_muddled_raw_dir(small, small
         preprocess.find_source(tmp_path / "two")
     with pytest.raises(CrackclfError, match="not found"):
         preprocess.find_source(tmp_path / "missing")
+
+
+def test_class_folders_may_sit_deeper_in_the_raw_folder(small, tmp_path):
+    shutil.copytree(small, tmp_path / "raw" / "concrete")
+    assert preprocess.find_source(tmp_path / "raw") == tmp_path / "raw"
+    assert run(tmp_path / "raw", tmp_path / "nested") == run(small, tmp_path / "flat")
+    assert all(r["file"].startswith("concrete/") for r in dataset.read_manifest(tmp_path / "nested" / "prepared"))
+
+
+def test_a_killed_runs_temporary_files_are_removed(small_raw, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid now names no process: what it left is stale
+    stale = [tmp_path / f".data.tmp-{proc.pid}.json", tmp_path / f".prepared.tmp-{proc.pid}"]
+    stale[0].write_text("{")
+    stale[1].mkdir()
+    live = tmp_path / f".data.tmp-{os.getppid()}.json"  # a running process's: not ours to touch
+    live.write_text("{")
+    run(small_raw, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "data.json", "prepared"]
 
 
 def test_same_output_from_any_container(small, small_raw, tmp_path):
@@ -290,3 +313,4 @@ def test_cli_runs_the_stage_and_rejects_bad_params(small_raw, tmp_path, capsys):
     assert err[-1].startswith("crackclf preprocess: error:") and "preprocess.split_by" in err[-1]
     with pytest.raises(config.ConfigError):
         config.parse({"preprocess": {"val_fraction": 0.5, "test_fraction": 0.45}})
+    assert config.parse({"download": {"max_unpacked_mb": 3}}).download.max_unpacked_bytes == 3 << 20

@@ -52,6 +52,7 @@ _RAR_ERRORS = {
 
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 class ArchiveError(CrackclfError):
@@ -258,9 +259,8 @@ class _Reader:
 
     def _nested(self, path: Path, fmt: str, where: str, depth: int) -> Iterator[tuple[str, int, bytes]]:
         try:
-            if fmt in ("gz", "bz2", "xz") and not _is_tar(path):
-                return  # a compressed file that holds no tar (e.g. notes.txt.gz): not a container
-            yield from self._container(path, fmt, where, depth)
+            if _is_container(path, fmt):
+                yield from self._container(path, fmt, where, depth)
         finally:
             path.unlink(missing_ok=True)
 
@@ -287,9 +287,7 @@ class _Reader:
                 yield self._emit(name, label, path.read_bytes(), where)
             else:
                 fmt = sniff(path)
-                if fmt is not None:
-                    if fmt in ("gz", "bz2", "xz") and not _is_tar(path):
-                        continue
+                if fmt is not None and _is_container(path, fmt):
                     yield from self._container(path, fmt, f"{where}/{name}", depth + 1)
 
     def _member(self, open_member, name: str, size: int, where: str, depth: int,
@@ -345,15 +343,14 @@ class _Reader:
     def _tar(self, path: Path, where: str, depth: int) -> Iterator[tuple[str, int, bytes]]:
         try:
             tf = tarfile.open(path, mode="r:*")
-        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+        except _TAR_ERRORS as err:
             raise ArchiveError(f"{where}: not a readable tar archive ({err})") from None
-        errors = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
         with tf:
             members = iter(tf)  # sequential: each header, then its data, never seeking back
             while True:
                 try:
                     member = next(members, None)
-                except errors as err:
+                except _TAR_ERRORS as err:
                     raise ArchiveError(f"{where}: damaged or truncated ({err})") from None
                 if member is None:
                     return
@@ -365,7 +362,7 @@ class _Reader:
                     continue
                 self._declare(member.size, where)  # tar sizes are exact: data is never longer
                 yield from self._member(lambda member=member: tf.extractfile(member), name, member.size, where,
-                                        depth, errors)
+                                        depth, _TAR_ERRORS)
 
     # RAR
 
@@ -388,11 +385,16 @@ def _declared_total(sizes) -> int:
     return sum(sizes)
 
 
+def _is_container(path: Path, fmt: str) -> bool:
+    """False for a compressed file that holds no tar (e.g. notes.txt.gz): data, not an archive to open."""
+    return fmt not in ("gz", "bz2", "xz") or _is_tar(path)
+
+
 def _is_tar(path: Path) -> bool:
     try:
         with tarfile.open(path, mode="r:*") as tf:
             return tf.next() is not None
-    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
+    except _TAR_ERRORS:
         return False
 
 

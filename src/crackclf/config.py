@@ -39,6 +39,11 @@ class DownloadParams(_Section):
     retries: Annotated[int, Field(ge=0)] = 5
     max_unpacked_mb: PositiveInt = 4096
 
+    @property
+    def max_unpacked_bytes(self) -> int:
+        """The cap in the unit archive reading counts in; one place for the conversion."""
+        return self.max_unpacked_mb * 2**20
+
 
 class PreprocessParams(_Section):
     image_size: Annotated[int, Field(ge=16, le=1024)] = 128

@@ -19,7 +19,6 @@ in ``data/raw.part/`` and resumed by the next run.
 from __future__ import annotations
 
 import email.message
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
-from crackclf import CrackclfError, __version__, archive
+from crackclf import CrackclfError, __version__, archive, files
 from crackclf.files import atomic_dir
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection; the read timeout is download.timeout
@@ -89,7 +88,7 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
 def main(args, params) -> int:
     p = params.download
     result = download(p.url, args.out_dir, sha256=p.sha256, timeout=p.timeout, retries=p.retries,
-                      max_unpacked_bytes=p.max_unpacked_mb * 2**20)
+                      max_unpacked_bytes=p.max_unpacked_bytes)
     s = result.summary
     other = f", {s.other_files:,} other files" if s.other_files else ""
     print(f"{result.path}: {s.total:,} images ({s.images[1]:,} crack, {s.images[0]:,} no crack{other}), "
@@ -102,7 +101,7 @@ def main(args, params) -> int:
 
 def _finish(fetched: Path, source_name: str | None, url: str, staging: Path, sha256: str | None,
             max_unpacked_bytes: int, progress: bool | None, link: bool) -> Result:
-    digest = _sha256(fetched)
+    digest = files.sha256(fetched)
     if sha256 is not None and digest != sha256.lower():
         raise DownloadError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {digest} "
                             "(a different or damaged file; check download.url and download.sha256)")
@@ -152,11 +151,6 @@ def _place(src: Path, dest: Path, link: bool) -> None:
     shutil.copyfile(src, dest)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _quiet(progress: bool | None) -> bool | None:
     return None if progress is None else not progress  # tqdm: None = only on a terminal
 
@@ -166,7 +160,10 @@ def _quiet(progress: bool | None) -> bool | None:
 
 def _local_path(url: str) -> Path | None:
     """The path a file:// URL or plain path names; None for http(s)."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise DownloadError(f"download.url: {err} in {url!r}") from None
     scheme = parsed.scheme.lower()
     if scheme in ("http", "https"):
         if not parsed.hostname:
@@ -175,7 +172,7 @@ def _local_path(url: str) -> Path | None:
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise DownloadError(f"download.url: file:// URLs must name a local path, got host {parsed.netloc!r}")
-        return Path(url2pathname(unquote(parsed.path)))
+        return Path(url2pathname(parsed.path))  # which percent-decodes: once is all
     if len(scheme) > 1:  # one letter: a Windows drive
         raise DownloadError(f"download.url: unsupported scheme {scheme}:// (use https://, http://, file:// "
                             "or a local path)")
@@ -236,10 +233,7 @@ def _fetch_http(url: str, part_dir: Path, *, timeout: float, retries: int, backo
             try:
                 meta = _one_try(session, url, part, meta_path, _read_meta(meta_path, url), _size(part),
                                 timeout, progress)
-                if meta is not None:
-                    return part, meta.get("name")
-                answered = True
-                continue  # the server refused our partial file: start over at once
+                return part, meta.get("name")
             except _Unreachable as err:
                 if not answered:
                     raise DownloadError(
@@ -270,8 +264,8 @@ def _fetch_http(url: str, part_dir: Path, *, timeout: float, retries: int, backo
 
 
 def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, have: int,
-             timeout: float, progress: bool | None) -> dict | None:
-    """One request. Returns the finished file's meta, or None to start over without a partial file."""
+             timeout: float, progress: bool | None) -> dict:
+    """One request. Returns the finished file's meta; raises _Retry (at once) to start over without it."""
     import requests
     import urllib3
     from tqdm import tqdm
@@ -279,31 +273,31 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
     headers = {}
     if have and meta:
         headers["Range"] = f"bytes={have}-"
-        validator = meta.get("etag") if not str(meta.get("etag", "W/")).startswith("W/") \
-            else meta.get("last_modified")
+        etag = meta.get("etag")
+        validator = etag if etag and not etag.startswith("W/") else meta.get("last_modified")  # no weak ETags
         if validator:
             headers["If-Range"] = validator  # a changed file comes back whole (200), never spliced
     try:
         with session.get(url, headers=headers, stream=True,
                          timeout=(min(CONNECT_TIMEOUT, timeout), timeout)) as r:
             status = r.status_code
-            if status == 416 and have:
-                if meta and meta.get("total") == have:
+            ranged = "Range" in headers  # a 206 or 416 to a request without one is no answer about our part
+            if status == 416 and ranged:
+                if meta.get("total") == have:
                     return meta  # an earlier run got every byte
                 _discard(part, meta_path)
-                return None
+                raise _Retry(f"the server refused to resume at byte {have:,} (partial file discarded)", 0)
             if status in RETRY_STATUSES:
                 raise _Retry(f"HTTP {status} {r.reason}", _retry_after(r.headers.get("Retry-After")))
             if status >= 400:
                 hint = " (check download.url)" if status in (401, 403, 404, 410) else ""
                 _discard(part, meta_path)  # a definite answer: nothing worth resuming
                 raise DownloadError(f"{url}: HTTP {status} {r.reason}{hint}")
-            if status == 206:
+            if status == 206 and ranged:
                 start, total = _content_range(r.headers.get("Content-Range"))
                 if start != have:
-                    _say(f"the server resumed at byte {start} instead of {have}; starting over")
                     _discard(part, meta_path)
-                    return None
+                    raise _Retry(f"the server resumed at byte {start} instead of {have:,} (partial file discarded)", 0)
                 mode = "ab"
             else:  # 200: a fresh start (or a server that ignores Range)
                 if have:
@@ -340,12 +334,13 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
         raise _Retry(f"connection lost ({_reason(err)})") from None
     except (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError):
         raise _Retry(f"no data for {timeout:g} s (download.timeout)") from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.LocationValueError) as err:
+        # A bad URL, a redirect loop: retrying cannot help. Before OSError, which requests' errors subclass.
+        raise DownloadError(f"{url}: {_reason(err)}") from None
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as err:
         if isinstance(err, OSError) and not isinstance(err, ConnectionError):
             raise  # a local disk problem, not the network's
         raise _Retry(f"connection lost at {_size(part):,} bytes ({_reason(err)})") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.TooManyRedirects) as err:
-        raise DownloadError(f"{url}: {_reason(err)}") from None
 
 
 def _size(path: Path) -> int:

@@ -2,14 +2,18 @@
 
 A crash or Ctrl-C leaves the previous output (or none), so DVC and the user never
 see a truncated model, metrics file or split. Every stage writes through here.
+What a killed process leaves beside an output is cleaned up by the next writer
+of that output, which also puts back an old output that was moved aside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, for writers that look at it); rename on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(path, f".{path.stem}.tmp-", path.suffix)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -52,10 +57,10 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out_dir, f".{out_dir.name}.tmp-")
+    _clean_leftovers(out_dir, f".{out_dir.name}.old-", restore=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
@@ -71,3 +76,43 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks: datasets and models need not fit in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _clean_leftovers(path: Path, prefix: str, suffix: str = "", restore: bool = False) -> None:
+    """Remove what a killed process left beside ``path`` (``prefix<pid>suffix``); a live one's is still in use.
+
+    With ``restore``, a leftover is the old output moved aside just before the crash:
+    if ``path`` is missing it is the only copy, so it is put back.
+    """
+    pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
+    for leftover in sorted(path.parent.iterdir()):
+        m = pattern.fullmatch(leftover.name)
+        if not m or not _dead(int(m.group(1))):
+            continue
+        if restore and not (path.exists() or path.is_symlink()):
+            os.rename(leftover, path)
+        elif leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _dead(pid: int) -> bool:
+    """Whether what process ``pid`` left is stale: ours from before we started, or no such process."""
+    if pid == os.getpid():
+        return True  # an earlier process with our pid: this one has not written anything yet
+    if os.name == "nt":
+        return False  # os.kill would terminate the process, not probe it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: another user's live process
+        return False
+    return False

@@ -35,7 +35,6 @@ byte-identical files; the output folder is swapped in whole, never half-written.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import mmap
@@ -54,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from crackclf import CrackclfError, archive, dataset, imaging
-from crackclf.files import atomic_dir, write_json
+from crackclf.files import atomic_dir, write_csv, write_json
 
 CHUNK_SIZE = 64  # images per worker task: amortises the IPC, still balances the workers
 CHUNK_BYTES = 4 << 20  # and at most this much decoded pixels per task (large image_size)
@@ -69,7 +68,7 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     pp = params.preprocess
     source = find_source(raw_dir)
     workers = pp.workers or os.cpu_count() or 1
-    read = read_and_decode(source, params.download.max_unpacked_mb * 2**20, pp.image_size, workers)
+    read = read_and_decode(source, params.download.max_unpacked_bytes, pp.image_size, workers)
     files = collapse(read)
     if not files.kept:
         raise CrackclfError(f"{source}: no readable images under Positive/ or Negative/")
@@ -95,15 +94,18 @@ def main(args, params) -> int:
 
 
 def find_source(raw_dir: str | Path) -> Path:
-    """What to read: ``raw_dir`` itself if it holds class folders (or is a file), else its one archive."""
+    """What to read: ``raw_dir`` itself if it holds class folders (or is a file), else its one archive.
+
+    Class folders may sit at any depth (``raw/concrete/Positive/``), as ``archive.iter_images`` finds them.
+    """
     raw_dir = Path(raw_dir)
     if raw_dir.is_file():
         return raw_dir
     if not raw_dir.is_dir():
         raise CrackclfError(f"{raw_dir}: not found (run `crackclf download` or `dvc repro download` first)")
-    entries = [p for p in sorted(raw_dir.iterdir()) if not p.name.startswith(".")]
-    if any(p.is_dir() and p.name.lower() in dataset.CLASS_FOLDERS for p in entries):
+    if any(p.name.lower() in dataset.CLASS_FOLDERS and p.is_dir() for p in raw_dir.rglob("*")):
         return raw_dir
+    entries = [p for p in sorted(raw_dir.iterdir()) if not p.name.startswith(".")]
     files = [p for p in entries if p.is_file()]
     if len(files) != 1:
         names = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
@@ -464,14 +466,7 @@ def _write_outputs(out: Path, read: Read, files: Files, splits: dict[str, list[E
     read.save_images(arrays, size, threads)
     for s, images in splits.items():
         np.save(dataset.labels_path(out, s), np.array([im.label for im in images], np.uint8))
-    _write_csv(out / "manifest.csv", ("file", "label", "split"),
-               ((im.name, im.label, s) for s, images in splits.items() for im in images))
-    _write_csv(out / "skipped.csv", ("file", "reason"), files.skipped)
-    _write_csv(out / "duplicates.csv", ("file", "kept"), files.duplicates)
-
-
-def _write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_csv(out / "manifest.csv", ["file", "label", "split"],
+              ({"file": im.name, "label": im.label, "split": s} for s, images in splits.items() for im in images))
+    write_csv(out / "skipped.csv", ["file", "reason"], ({"file": f, "reason": r} for f, r in files.skipped))
+    write_csv(out / "duplicates.csv", ["file", "kept"], ({"file": f, "kept": k} for f, k in files.duplicates))
