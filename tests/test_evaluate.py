@@ -11,7 +11,7 @@ from PIL import Image
 
 import synth
 from httpserver import free_port
-from crackclf import config, dataset, evaluate, predict, tracking
+from crackclf import config, dataset, evaluate, files, predict, tracking
 
 # y and p of eight test images; at threshold 0.5: tp 3 (0, 2, 6), fn 1 (3), fp 1 (4), tn 3 (1, 5, 7).
 Y = [1, 0, 1, 1, 0, 0, 1, 0]
@@ -108,7 +108,7 @@ def test_run_writes_metrics_plots_and_threshold(prepared_dir, tiny_model_path, t
 
     info = json.loads(out["threshold_path"].read_text())
     assert info["threshold"] == 0.5 and info["image_size"] == 48
-    assert info["model_sha256"] == predict.file_sha256(tiny_model_path)
+    assert info["model_sha256"] == files.sha256(tiny_model_path)
     # No run file: the metrics stand, and one line says MLflow was not updated.
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MLflow not updated" in err[0] and "run file" in err[0]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import synth
-from crackclf import CrackclfError, cli, config, dataset, imaging, predict
+from crackclf import CrackclfError, cli, config, dataset, files, imaging, predict
 from workspace import crackclf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def test_threshold_file_beside_the_model(tiny_model_path, tmp_path):
     model.write_bytes(tiny_model_path.read_bytes())
     warnings = []
     assert predict.default_threshold(model, warnings.append) == 0.5  # none written yet
-    info = {"threshold": 0.62, "model_sha256": predict.file_sha256(model)}
+    info = {"threshold": 0.62, "model_sha256": files.sha256(model)}
     (tmp_path / "threshold.json").write_text(json.dumps(info))
     assert predict.default_threshold(model, warnings.append) == 0.62
     assert warnings == []
@@ -286,3 +286,16 @@ def test_decoding_closes_its_files(tmp_path):
             imaging.load_patch(tmp_path / "bad.jpg", 32)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_folders_are_walked_through_links_but_not_into_hidden_folders(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    synth.patch(np.random.default_rng(0), True).save(real / "1.jpg", "JPEG")
+    site = tmp_path / "site"
+    (site / ".thumbs").mkdir(parents=True)
+    (site / ".thumbs" / "1.jpg").write_bytes((real / "1.jpg").read_bytes())
+    (site / "linked").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(site, target_is_directory=True)  # a cycle is walked once
+    found, errors, skipped = predict.collect([site])
+    assert found == [site / "linked" / "1.jpg"] and errors == [] and skipped == []

@@ -278,7 +278,7 @@ class _Reader:
     # folder
 
     def _folder(self, root: Path, where: str, depth: int) -> Iterator[tuple[str, int, bytes]]:
-        for path in _walk(root):
+        for path in walk_files(root):
             name = path.relative_to(root).as_posix()
             if _skipped(name):
                 continue
@@ -398,8 +398,9 @@ def _is_tar(path: Path) -> bool:
         return False
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in sorted order, following folder links once (no cycles)."""
+def walk_files(root: Path, prune: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """Files under ``root`` in sorted order, following folder links once (no cycles); folders whose
+    name ``prune`` accepts are left out."""
     seen: set[tuple[int, int]] = set()
 
     def walk(folder: Path) -> Iterator[Path]:
@@ -412,7 +413,8 @@ def _walk(root: Path) -> Iterator[Path]:
         for entry in entries:
             path = Path(entry.path)
             if entry.is_dir():
-                yield from walk(path)
+                if not prune(entry.name):
+                    yield from walk(path)
             elif entry.is_file():
                 yield path
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from crackclf import CrackclfError, dataset, predict
-from crackclf.files import write_csv, write_json
+from crackclf.files import sha256, write_csv, write_json
 
 MAX_CURVE_POINTS = 500  # per curve file: enough for a smooth plot, small enough for dvc plots
 CHAMPION = "champion"
@@ -141,7 +141,7 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
 
     write_plots(plots_dir, y_test, probs, files, x_test, cfg.worst_examples, metrics)
     threshold_info = {**chosen, "image_size": size, "model": str(model_path),
-                      "model_sha256": predict.file_sha256(model_path)}
+                      "model_sha256": sha256(model_path)}
     write_json(threshold_path, threshold_info)
     write_json(metrics_path, metrics)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import math
@@ -192,14 +191,6 @@ def predict_proba(model, images: np.ndarray, batch_size: int, progress: bool = F
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_threshold(model_spec: str | Path, warn: Callable[[str], None]) -> float:
     """The threshold evaluate chose for this model, else 0.5.
 
@@ -219,7 +210,7 @@ def default_threshold(model_spec: str | Path, warn: Callable[[str], None]) -> fl
     except (ValueError, KeyError, TypeError):
         warn(f"{path}: unreadable, using threshold {DEFAULT_THRESHOLD}")
         return DEFAULT_THRESHOLD
-    if info.get("model_sha256") and info["model_sha256"] != file_sha256(spec):
+    if info.get("model_sha256") and info["model_sha256"] != files.sha256(spec):
         warn(f"{path} was written for another model (rerun `crackclf evaluate`); "
              f"using threshold {DEFAULT_THRESHOLD}")
         return DEFAULT_THRESHOLD
@@ -306,10 +297,7 @@ def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[str], list[Pa
     skipped: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found: list[Path] = []
-            for root, dirs, names in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found.extend(Path(root) / n for n in names)
+            found = list(archive.walk_files(path, prune=lambda name: name.startswith(".")))
             images = sorted(f for f in found if imaging.is_image_path(f) and not f.name.startswith("."))
             skipped.extend(sorted(set(found) - set(images)))
             if not images:

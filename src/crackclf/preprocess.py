@@ -225,7 +225,7 @@ def decode_into(out: np.ndarray, datas: list[bytes], size: int) -> list[tuple[in
             out[row] = imaging.load_patch(data, size)
         except imaging.ImageError as err:
             out[row] = 0
-            errors.append((row, str(err).removeprefix("<bytes>: ")))
+            errors.append((row, err.detail))
     return errors
 
 
