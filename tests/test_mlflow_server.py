@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 import synth
-from crackclf import config, train
+from crackclf import config, dataset, train
 from mlflow_server import RestAPI, mlflow_server, tracking_to
 
 pytestmark = pytest.mark.slow
@@ -66,10 +66,13 @@ def test_the_ui_is_served(api):
     assert page.status_code == 200 and "<title>MLflow</title>" in page.text
 
 
-def test_both_runs_with_their_params_and_tags(api, project):
+def test_both_runs_with_their_params_and_tags(api, project, prepared_dir):
+    import tensorflow as tf
+
     runs = runs_by_name(api)
     assert set(runs) == set(RUNS)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)  # where the runs trained
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
     for name, expected in project["runs"].items():
         run = runs[name]
         assert run["info"]["run_id"] == expected["run"]["run_id"]
@@ -79,12 +82,15 @@ def test_both_runs_with_their_params_and_tags(api, project):
         flat = config.flatten(expected["params"])
         assert {k: params[k] for k in flat} == {k: str(v) for k, v in flat.items()}
         assert params["train.learning_rate"] == str(RUNS[name])
-        assert params["data.train_images"] == "180"
+        assert params["data.train_images"] == str(len(dataset.load_split(prepared_dir, "train")[1]))
 
         tags = as_dict(run["data"]["tags"])
         assert tags["dvc.experiment"] == name
-        assert tags["device.type"] == "cpu" and tags["device"].startswith("CPU ")
-        assert tags["distribute"].startswith("none") and tags["mixed_precision"] == "float32"
+        assert tags["device.type"] == ("gpu" if on_gpu else "cpu")
+        assert tags["device"].startswith("GPU" if on_gpu else "CPU ")
+        assert tags["distribute"].startswith("none" if not on_gpu else ("none", "mirrored"))
+        if not on_gpu:
+            assert tags["mixed_precision"] == "float32"
         assert tags["keras.backend"] == "tensorflow" and tags["keras.version"] and tags["tensorflow.version"]
         if head.returncode == 0:
             assert tags["mlflow.source.git.commit"] == head.stdout.strip()

@@ -265,7 +265,7 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> s
     tracking.check_store(uri)
 
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     client = MlflowClient()
     client.get_run(run_id)  # fails early, with MLflow's message, if the run is not in this store
@@ -273,8 +273,8 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> s
     logged = {f"test_{k.removesuffix('_test')}": v for k, v in metrics.items() if v is not None}
     if "val_f1" in chosen:
         logged["val_f1_at_threshold"] = chosen["val_f1"]
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()])
-    client.set_tag(run_id, "threshold_chosen_by", chosen["chosen_by"])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()],
+                     tags=[RunTag("threshold_chosen_by", chosen["chosen_by"])])
     for path in files:
         if path.is_file():
             client.log_artifact(run_id, str(path), "eval")
@@ -285,8 +285,8 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> s
         return f"{where}: metrics logged; no registered model version, so no champion update"
     with tracking.store_lock(uri):  # two evaluations at once must not both beat the same old champion
         decision = update_champion(client, name, str(version), metrics["f1"])
-    for key in ("champion_previous_version", "champion_previous_f1", "promoted"):
-        client.set_tag(run_id, key, decision[key])
+    client.log_batch(run_id, tags=[RunTag(k, decision[k])
+                                   for k in ("champion_previous_version", "champion_previous_f1", "promoted")])
     return f"{where}: metrics logged; {decision['message']}"
 
 
