@@ -251,3 +251,21 @@ def test_auto_threshold_between_close_scores_is_used_as_chosen():
     threshold, f1 = evaluate.best_f1_threshold(y, p)
     m = evaluate.compute_metrics(y, p, threshold)
     assert f1 == 1.0 and m["f1"] == 1.0 and m["threshold"] == threshold
+
+
+def test_champion_is_compared_on_its_own_test_set_only(mlflow_store, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("crackclf-test")
+    for _ in range(3):
+        client.create_model_version("crackclf-test", source=str(tmp_path / "model"))
+    first = evaluate.update_champion(client, "crackclf-test", "1", 0.80, "split-a")
+    assert first["promoted"] == "true"
+    # A higher F1 on another split (say split_by: file, which leaks neighbours into test) does not win.
+    other = evaluate.update_champion(client, "crackclf-test", "2", 0.99, "split-b")
+    assert other["promoted"] == "false" and "another test set" in other["message"]
+    assert str(client.get_model_version_by_alias("crackclf-test", "champion").version) == "1"
+    same = evaluate.update_champion(client, "crackclf-test", "3", 0.85, "split-a")
+    assert same["promoted"] == "true" and same["champion_previous_version"] == "1"
+    assert client.get_model_version("crackclf-test", "3").tags["test_set"] == "split-a"

@@ -54,7 +54,7 @@ WRITER = textwrap.dedent("""
         while len(list(root.glob("trained-*"))) < {WORKERS} and time.monotonic() < deadline:
             time.sleep(0.005)  # all evaluations at once, too
         f1 = 0.5 + 0.1 * i  # what evaluate does after train: metrics into the same run, champion alias
-        print(evaluate.log_to_mlflow(run_file, {"f1": f1, "accuracy": f1}, {"chosen_by": "test"}, []))
+        print(evaluate.log_to_mlflow(run_file, {"f1": f1, "accuracy": f1}, {"chosen_by": "test"}, "grid", []))
 """).replace("{STEPS}", str(STEPS)).replace("{WORKERS}", str(WORKERS))
 
 

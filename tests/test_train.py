@@ -221,6 +221,29 @@ def test_resume_after_early_stopping_trains_no_more(prepared_dir, store, tmp_pat
     assert outputs(tmp_path)["model_path"].exists()
 
 
+def test_interrupt_while_saving_reports_the_saved_epochs(prepared_dir, store, tmp_path, monkeypatch, capsys):
+    """Epoch 2 is in the history but not yet in the checkpoint: only epoch 1 is kept."""
+    save = train.Checkpoint.save
+
+    def save_then_cut(self, model, state, best_weights):
+        if len(state["history"]) == 2:
+            raise KeyboardInterrupt
+        save(self, model, state, best_weights)
+
+    monkeypatch.setattr(train.Checkpoint, "save", save_then_cut)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(params_with(epochs=3), prepared_dir, tmp_path, store)
+    assert "interrupted: epochs 1-1 are kept" in capsys.readouterr().err
+
+
+def test_precision_policy_is_restored_on_error(prepared_dir, tmp_path, monkeypatch):
+    before = keras.mixed_precision.global_policy().name
+    monkeypatch.setattr(train, "_fingerprint", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train.run(params_with(mixed_precision="on"), prepared_dir, **outputs(tmp_path))
+    assert keras.mixed_precision.global_policy().name == before
+
+
 def test_checkpoint_of_other_params_is_ignored(tmp_path):
     model = params_with()
     net = train.compile_model(train.build_model(model.train, 48), model.train)
@@ -229,6 +252,24 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     assert train.Checkpoint(tmp_path / "model.keras", "params-a").load()["history"] == history
     assert train.Checkpoint(tmp_path / "model.keras", "params-b").load() is None
     assert not (tmp_path / ".model.keras.checkpoint").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 42, None])
+def test_augmentation_reaches_all_eight_orientations(seed):
+    """Each flip and the transpose need a coin of their own, or some orientations never occur."""
+    quadrants = np.array([[10, 20], [30, 40]])
+    image = np.kron(quadrants, np.ones((24, 24)))[None, :, :, None]  # 48 px: the tiny model's input
+    batch = np.repeat(image, 256, axis=0).astype(np.float32)
+
+    def orientations(augment: bool) -> set:
+        model = train.build_model(params_with(augment=augment).train, 48, seed)
+        front = keras.Model(model.input, model.get_layer("conv1").input)  # what the convolutions see
+        out = np.rint(keras.ops.convert_to_numpy(front(batch, training=True)) * 255).astype(int)
+        return {tuple(o[::24, ::24, 0].ravel().tolist()) for o in out}
+
+    dihedral = {tuple(np.rot90(q, k).ravel().tolist()) for q in (quadrants, quadrants.T) for k in range(4)}
+    assert len(dihedral) == 8 and orientations(True) == dihedral
+    assert orientations(False) == {(10, 20, 30, 40)}
 
 
 @pytest.mark.parametrize(("key", "value"), [("dropout", -0.1), ("optimizer", "sgd")])

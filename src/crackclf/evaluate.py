@@ -147,7 +147,7 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
 
     print(summary(metrics, chosen))
     try:
-        print(log_to_mlflow(run_file, metrics, chosen,
+        print(log_to_mlflow(run_file, metrics, chosen, test_set_id(data_dir),
                             [plots_dir / n for n in PLOT_FILES + CSV_FILES] + [threshold_path, metrics_path]))
     except Exception as err:  # noqa: BLE001 - tracking is a side channel: the metrics files stand
         print(f"crackclf evaluate: MLflow not updated ({predict.first_line(err)}); "
@@ -252,7 +252,12 @@ def _plot_worst(path: Path, y, probs, files: list[str], images, limit: int, metr
 
 # --- MLflow -----------------------------------------------------------------------------------
 
-def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> str:
+def test_set_id(data_dir: Path) -> str:
+    """Fingerprint of the test split (its pixels and labels): F1s are comparable only on the same one."""
+    return sha256(dataset.images_path(data_dir, "test"))[:16] + sha256(dataset.labels_path(data_dir, "test"))[:16]
+
+
+def log_to_mlflow(run_file, metrics: dict, chosen: dict, test_set: str, files: list[Path]) -> str:
     """Log to the training's run and update the champion alias; returns a one-line summary."""
     from crackclf import tracking
 
@@ -284,17 +289,19 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, files: list[Path]) -> s
     if not (name and version):
         return f"{where}: metrics logged; no registered model version, so no champion update"
     with tracking.store_lock(uri):  # two evaluations at once must not both beat the same old champion
-        decision = update_champion(client, name, str(version), metrics["f1"])
+        decision = update_champion(client, name, str(version), metrics["f1"], test_set)
     client.log_batch(run_id, tags=[RunTag(k, decision[k])
                                    for k in ("champion_previous_version", "champion_previous_f1", "promoted")])
     return f"{where}: metrics logged; {decision['message']}"
 
 
-def update_champion(client, name: str, version: str, f1: float) -> dict:
+def update_champion(client, name: str, version: str, f1: float, test_set: str) -> dict:
     """Give ``version`` the champion alias if its test F1 beats the champion's; record the comparison.
 
     A champion with no recorded test F1 (set by hand, never evaluated) is
-    replaced: an unknown score cannot be shown to be better.
+    replaced: an unknown score cannot be shown to be better. F1s on different test
+    sets (``preprocess`` or ``seed`` changed) are not compared: the champion stays,
+    and the message says so, since a leakier split would otherwise win by its leak.
     """
     from mlflow.exceptions import MlflowException
 
@@ -305,12 +312,17 @@ def update_champion(client, name: str, version: str, f1: float) -> dict:
             raise
         champion = None
     client.set_model_version_tag(name, version, "test_f1", str(f1))
+    client.set_model_version_tag(name, version, "test_set", test_set)
     if champion is None:
         previous, previous_f1, promote = "none", None, True
         message = f"{name} version {version} is the first {CHAMPION} (test F1 {f1:.4f})"
     elif str(champion.version) == version:
         previous, previous_f1, promote = version, _f1_of(client, champion), True
         message = f"{name} version {version} stays {CHAMPION} (re-evaluated: test F1 {f1:.4f})"
+    elif champion.tags.get("test_set", test_set) != test_set:
+        previous, previous_f1, promote = str(champion.version), _f1_of(client, champion), False
+        message = (f"version {previous} stays {CHAMPION}: version {version} was tested on another test set "
+                   f"(preprocess or seed changed), so their F1s do not compare; move the alias by hand if wanted")
     else:
         previous, previous_f1 = str(champion.version), _f1_of(client, champion)
         promote = previous_f1 is None or f1 > previous_f1

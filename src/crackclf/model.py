@@ -16,7 +16,7 @@ from crackclf.config import TrainParams
 class RandomTranspose(layers.Layer):
     """Swaps height and width of a random half of the batch, in training only.
 
-    With RandomFlip("horizontal_and_vertical") this reaches all eight 90-degree
+    With independent horizontal and vertical flips this reaches all eight 90-degree
     rotations and mirror images of a square patch.
     """
 
@@ -36,15 +36,21 @@ class RandomTranspose(layers.Layer):
 
 
 def build_model(train: TrainParams, image_size: int, seed: int | None = None) -> keras.Model:
+    # One seed per random layer: layers seeded alike draw alike. RandomFlip("horizontal_and_vertical")
+    # also draws one coin for both flips, so each flip is a layer of its own.
+    def seed_at(offset: int) -> int | None:
+        return None if seed is None else seed + offset
+
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if train.augment:
-        x = layers.RandomFlip("horizontal_and_vertical", seed=seed, name="flip")(x)
-        x = RandomTranspose(seed=seed, name="transpose")(x)
+        x = layers.RandomFlip("horizontal", seed=seed_at(0), name="flip_horizontal")(x)
+        x = layers.RandomFlip("vertical", seed=seed_at(1), name="flip_vertical")(x)
+        x = RandomTranspose(seed=seed_at(2), name="transpose")(x)
     for i, filters in enumerate(train.conv_filters, start=1):
         x = layers.Conv2D(filters, train.kernel_size, activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(train.pool_size, name=f"pool{i}")(x)
-        x = layers.Dropout(train.dropout, seed=seed, name=f"dropout{i}")(x)
+        x = layers.Dropout(train.dropout, seed=seed_at(10 + i), name=f"dropout{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(train.dense_units, activation="relu", name="dense")(x)
     # float32 output keeps the probability exact under mixed precision.

@@ -100,15 +100,13 @@ def run(
         tf.config.experimental.enable_op_determinism()
     gpus = _gpus()
     policy_before = keras.mixed_precision.global_policy()
-    policy = _set_precision(train.mixed_precision, gpus)
-
-    checkpoint = Checkpoint(model_path, _fingerprint(params, data_dir))
-    stale_runs = [checkpoint.last_run()]  # read first: --fresh or other params remove the checkpoint
-    if fresh:
-        checkpoint.remove()
-    state = checkpoint.load()
-    stale_runs.append(state and state.get("run_id"))
     try:
+        policy = _set_precision(train.mixed_precision, gpus)
+        checkpoint = Checkpoint(model_path, _fingerprint(params, data_dir))
+        stale_run = checkpoint.last_run()  # read first: --fresh or other params remove the checkpoint
+        if fresh:
+            checkpoint.remove()
+        state = checkpoint.load()
         with strategy.scope() if strategy else contextlib.nullcontext():
             model = compile_model(build_model(train, size, params.seed), train)
             if state:
@@ -123,19 +121,19 @@ def run(
         )
         return _tracked_run(
             model, inputs, params, history, state, checkpoint, device, callbacks,
-            model_path, Path(metrics_path), Path(history_path), Path(run_file), stale_runs,
+            model_path, Path(metrics_path), Path(history_path), Path(run_file), stale_run,
         )
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
 
 
 def _tracked_run(model, inputs, params, history, state, checkpoint, device, callbacks,
-                 model_path, metrics_path, history_path, run_file, stale_runs) -> dict:
+                 model_path, metrics_path, history_path, run_file, stale_run) -> dict:
     train = params.train
     uri = tracking.configure()
     experiment_id = tracking.experiment_id(train.experiment_name)
-    for stale in dict.fromkeys(filter(None, stale_runs)):
-        tracking.fail_if_running(stale)  # a try killed too hard to end its own run (SIGKILL, power cut)
+    if stale_run:  # a try killed too hard to end its own run (SIGKILL, power cut)
+        tracking.fail_if_running(stale_run)
     tags = {**tracking.run_tags(), **device}
     if state:
         tags.update({"resumed_from_run": state.get("run_id") or "", "resumed_after_epoch": str(len(history))})
@@ -150,13 +148,15 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
         for row in history:  # the epochs of the interrupted try, so this run's curves are whole
             mlflow.log_metrics(_epoch_metrics(row, len(inputs.y)), step=row["epoch"])
         try:
-            _fit(model, inputs, params, history, checkpoint, run_id, callbacks)
+            _fit(model, inputs, params, history, state, checkpoint, run_id, callbacks)
         except KeyboardInterrupt:
-            if checkpoint.load():
-                _say(f"interrupted: epochs 1-{len(history)} are kept in {checkpoint.dir}; run again to resume")
+            # From the checkpoint, not ``history``: an interrupt while it was saved leaves one epoch less.
+            if saved := checkpoint.load():
+                _say(f"interrupted: epochs 1-{len(saved['history'])} are kept in {checkpoint.dir}; "
+                     "run again to resume")
             raise
 
-        metrics = _summary(history, len(inputs.y), "val_loss" if len(inputs.yv) else "loss")
+        metrics = _summary(history, len(inputs.y), inputs.monitor)
         export = _inference_model(model, params)
         run_file.unlink(missing_ok=True)  # written last: a run file always belongs to the model beside it
         _save_model(export, model_path)
@@ -180,14 +180,12 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
     return {"metrics": metrics, "history": history, "run": run_info}
 
 
-def _fit(model, inputs, params, history, checkpoint, run_id, callbacks) -> None:
+def _fit(model, inputs, params, history, state, checkpoint, run_id, callbacks) -> None:
     """``model.fit`` from epoch ``len(history) + 1``; appends to ``history`` as epochs finish."""
     train = params.train
-    monitor = "val_loss" if len(inputs.yv) else "loss"
-    state = checkpoint.state
     stopping = _EarlyStopping(
-        state and state.get("early_stopping"), checkpoint.best_weights() if state else None,
-        monitor=monitor, patience=train.early_stopping_patience, restore_best_weights=True,
+        state and state.get("early_stopping"), checkpoint.best_weights(),
+        monitor=inputs.monitor, patience=train.early_stopping_patience, restore_best_weights=True,
     )
     steps = [_ProgressBar(inputs.steps)] if sys.stderr.isatty() else []  # first: closed before the epoch's line
     steps += [
@@ -339,6 +337,11 @@ class Inputs:
             self.train = ArrayBatches(x, self.y, batch_size, seed, first_epoch)
             self.val = ArrayBatches(xv, self.yv, batch_size) if len(xv) else None
 
+    @property
+    def monitor(self) -> str:
+        """What early stopping and the best epoch go by: validation loss, training loss without a val split."""
+        return "val_loss" if len(self.yv) else "loss"
+
     def example(self) -> np.ndarray:
         """One image of each class (validation split if any): the logged model's input example."""
         x, y = (self.xv, self.yv) if len(self.yv) else (self.x, self.y)
@@ -388,7 +391,12 @@ def tf_eval_dataset(x, y, batch_size: int):
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Batches from in-memory arrays, for backends without tf.data; shuffled per epoch if seeded."""
+    """Batches from in-memory arrays, for backends without tf.data; reshuffled every epoch if seeded.
+
+    ``model.fit`` calls ``on_epoch_end`` once before its first epoch (Keras 3.15), so under fit
+    0-based epoch ``e`` is shuffled with ``epoch_seed(seed, e + 1)``, not ``e``. A resumed run
+    shifts alike, so it still sees the batches an uninterrupted one would.
+    """
 
     def __init__(self, x, y, batch_size: int, seed: int | None = None, first_epoch: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -550,9 +558,13 @@ class Checkpoint:
 
     def started(self, run_id: str) -> None:
         """Name the try's MLflow run before its first epoch ends: a try killed even then is ended by the next."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / ".gitignore").write_text("*\n", encoding="utf-8")
-        (self.dir / "run.json").write_text(json.dumps({"run_id": run_id}), encoding="utf-8")
+        self._create()
+        files.write_json(self.dir / "run.json", {"run_id": run_id})
+
+    def _create(self) -> None:
+        """A .gitignore keeps the checkpoint out of ``git status``."""
+        if not (self.dir / ".gitignore").exists():
+            files.write_text(self.dir / ".gitignore", "*\n")
 
     def last_run(self) -> str | None:
         """The MLflow run of the last try that started here, if its checkpoint was not removed."""
@@ -595,19 +607,14 @@ class Checkpoint:
             return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
     def save(self, model: keras.Model, state: dict, best_weights: list | None) -> None:
-        epoch = len(state["history"])
-        final = self.dir / f"epoch-{epoch:04d}"
-        tmp = self.dir / f".epoch-{epoch:04d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (self.dir / ".gitignore").write_text("*\n", encoding="utf-8")
-        model.save_weights(tmp / "model.weights.h5")  # with the optimizer's state
-        np.savez(tmp / "rng.npz", *[v.numpy() for v in _rng_states(model)])
-        if best_weights is not None:
-            np.savez(tmp / "best.npz", *best_weights)
-        (tmp / "state.json").write_text(json.dumps({**state, "fingerprint": self.fingerprint}), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        final = self.dir / f"epoch-{len(state['history']):04d}"
+        self._create()
+        with files.atomic_dir(final) as tmp:
+            model.save_weights(tmp / "model.weights.h5")  # with the optimizer's state
+            np.savez(tmp / "rng.npz", *[v.numpy() for v in _rng_states(model)])
+            if best_weights is not None:
+                np.savez(tmp / "best.npz", *best_weights)
+            files.write_json(tmp / "state.json", {**state, "fingerprint": self.fingerprint})
         for old in self._epochs():
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -659,11 +666,8 @@ def _save_model(model: keras.Model, path: Path) -> None:
 
 
 def _write_history(history: list[dict], path: Path) -> None:
-    lines = [",".join(HISTORY_COLUMNS)]
-    for row in history:
-        lines.append(",".join(str(row["epoch"]) if k == "epoch" else (f"{row[k]:.6g}" if k in row else "")
-                              for k in HISTORY_COLUMNS))
-    files.write_text(path, "\n".join(lines) + "\n")
+    rows = ({"epoch": row["epoch"], **{k: f"{row[k]:.6g}" for k in METRICS if k in row}} for row in history)
+    files.write_csv(path, list(HISTORY_COLUMNS), rows)
 
 
 def _say(message: str) -> None:
@@ -696,7 +700,8 @@ class _StopRequest(keras.callbacks.Callback):
 
     requested = False
 
-    def on_train_batch_end(self, batch, logs=None):
+    # At batch begin: any batch-end hook turns off Keras's async batch-end dispatch (JAX, torch).
+    def on_train_batch_begin(self, batch, logs=None):
         if self.requested:
             raise KeyboardInterrupt
 
