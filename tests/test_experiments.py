@@ -104,35 +104,6 @@ def test_concurrent_writers_keep_every_run(tmp_path):
             assert float(v.tags["test_f1"]) > float(v.tags["champion_previous_f1"])
 
 
-def test_store_lock_lies_beside_the_store(tmp_path, monkeypatch):
-    from crackclf import tracking
-
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    lock = tracking.store_lock(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    assert Path(lock.lock_file) == tmp_path / "runs" / "mlflow.db.lock"
-    (tmp_path / "project" / ".dvc").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "project")  # a tracking server: queued experiments of one workspace share a lock
-    assert Path(tracking.store_lock("http://127.0.0.1:5000").lock_file) == tmp_path / "project/.dvc/tmp/mlflow.lock"
-
-
-def test_repeated_sigterm_cannot_cut_short_the_cleanup():
-    """A dying multi-threaded parent sends PR_SET_PDEATHSIG once per thread: one interrupt, then quiet."""
-    from crackclf import train
-
-    cleaned = False
-    with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(10000):  # the handler runs between bytecodes
-                pass
-        finally:  # where train ends the MLflow run
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(10000):
-                pass
-            cleaned = True
-    assert cleaned
-
-
 # --- dvc exp run in a user's workspace ----------------------------------------------------------------
 
 

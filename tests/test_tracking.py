@@ -148,3 +148,12 @@ def test_run_file_round_trip(tmp_path):
     tracking.write_run_file(tmp_path / "models" / "mlflow_run.json", info)
     assert tracking.read_run_file(tmp_path / "models" / "mlflow_run.json") == info
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["mlflow_run.json"]
+
+
+def test_store_lock_lies_beside_the_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    lock = tracking.store_lock(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    assert Path(lock.lock_file) == tmp_path / "runs" / "mlflow.db.lock"
+    (tmp_path / "project" / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")  # a tracking server: queued experiments of one workspace share a lock
+    assert Path(tracking.store_lock("http://127.0.0.1:5000").lock_file) == tmp_path / "project/.dvc/tmp/mlflow.lock"

@@ -325,6 +325,22 @@ def test_mixed_precision_policy(mode, gpus, policy):
         keras.mixed_precision.set_global_policy(before)
 
 
+def test_repeated_sigterm_cannot_cut_short_the_cleanup():
+    """A dying multi-threaded parent sends PR_SET_PDEATHSIG once per thread: one interrupt, then quiet."""
+    cleaned = False
+    with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):  # the handler runs between bytecodes
+                pass
+        finally:  # where train ends the MLflow run
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):
+                pass
+            cleaned = True
+    assert cleaned
+
+
 def test_sigterm_unwinds_like_ctrl_c():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
