@@ -187,7 +187,11 @@ def grid(project):
     names = re.findall(r"Queued experiment '([^']+)'", out.stdout + out.stderr)
     assert len(names) == 2, out.stdout + out.stderr
     start = time.monotonic()
-    run(project, "dvc", "queue", "start", "-j", "2")
+    log = project.parent / "queue-start.log"
+    with open(log, "w") as f:  # a file, not a pipe: the workers it starts keep its output open after it exits
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=user_env(), stdout=f,
+                                 stderr=subprocess.STDOUT, timeout=120)
+    assert started.returncode == 0, log.read_text()
     try:
         deadline = start + 480
         while True:
