@@ -38,6 +38,7 @@ class FileServer:
     statuses: deque = field(default_factory=deque)  # per request: None, or a status code to answer with
     ignore_range: bool = False
     etags: bool = True  # False: no ETag header, so Last-Modified is the only validator
+    lengths: bool = True  # False: no Content-Length on files; the body ends when the connection closes
     partial_from: int | None = None  # set: every answer is a 206 from this byte, whatever Range asked
     redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
     retry_after: str | None = None  # sent with error statuses when set
@@ -118,7 +119,8 @@ def _handler(server: FileServer):
                 self.send_response(200)
             body = data[start:]
             self.send_header("Content-Type", served.content_type)
-            self.send_header("Content-Length", str(len(body)))
+            if server.lengths:
+                self.send_header("Content-Length", str(len(body)))
             if server.etags:
                 self.send_header("ETag", served.etag)
             if served.last_modified:

@@ -329,3 +329,13 @@ def test_cli_prints_one_line_and_exits_1(url_kind, server, tmp_path):
     assert lines[0].startswith("crackclf download: error: ") and expected in lines[0]
     assert proc.stdout == "" and not (tmp_path / "raw").exists()
 
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_download_larger_than_the_cap_is_refused(server, rar_bytes, tmp_path, announced):
+    # An archive never holds less than its own size: the unpacked cap bounds the download too,
+    # also from a server that sends no length and would fill the disk.
+    server.lengths = announced
+    url = server.serve("/huge.rar", rar_bytes + b"\0" * 300_000)
+    with pytest.raises(DownloadError, match="larger than download.max_unpacked_mb"):
+        fetch(url, tmp_path / "raw", max_unpacked_bytes=200_000)
+    assert leftovers(tmp_path) == []

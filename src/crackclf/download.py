@@ -67,7 +67,7 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
         local = _local_path(url)
         if local is None:
             fetched, source_name = _fetch_http(url, part_dir, timeout=timeout, retries=retries,
-                                               backoff=backoff, progress=progress)
+                                               backoff=backoff, progress=progress, max_bytes=max_unpacked_bytes)
         elif local.is_dir():
             fetched, source_name = _pack_folder(local, staging / "dataset.zip", max_unpacked_bytes, progress), None
         elif local.is_file():
@@ -210,7 +210,7 @@ class _Unreachable(Exception):
 
 
 def _fetch_http(url: str, part_dir: Path, *, timeout: float, retries: int, backoff: float,
-                progress: bool | None) -> tuple[Path, str | None]:
+                progress: bool | None, max_bytes: int) -> tuple[Path, str | None]:
     """Download into ``part_dir`` (resuming what an earlier run left there); returns the file and its name.
 
     Failures after the server answered are retried with exponential backoff,
@@ -232,7 +232,7 @@ def _fetch_http(url: str, part_dir: Path, *, timeout: float, retries: int, backo
         while True:
             try:
                 meta = _one_try(session, url, part, meta_path, _read_meta(meta_path, url), _size(part),
-                                timeout, progress)
+                                timeout, progress, max_bytes)
                 return part, meta.get("name")
             except _Unreachable as err:
                 if not answered:
@@ -264,8 +264,12 @@ def _fetch_http(url: str, part_dir: Path, *, timeout: float, retries: int, backo
 
 
 def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, have: int,
-             timeout: float, progress: bool | None) -> dict:
-    """One request. Returns the finished file's meta; raises _Retry (at once) to start over without it."""
+             timeout: float, progress: bool | None, max_bytes: int) -> dict:
+    """One request. Returns the finished file's meta; raises _Retry (at once) to start over without it.
+
+    An archive is never larger than what it unpacks to, so ``max_bytes`` (the unpacked cap)
+    also bounds the download: a server that sends no length cannot fill the disk.
+    """
     import requests
     import urllib3
     from tqdm import tqdm
@@ -308,6 +312,11 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
                 meta = {"url": url, "etag": r.headers.get("ETag"), "last_modified": r.headers.get("Last-Modified"),
                         "total": total, "name": _source_name(r, url)}
                 meta_path.write_text(json.dumps(meta), encoding="utf-8")
+            too_big = DownloadError(f"{url}: larger than download.max_unpacked_mb ({max_bytes / 2**20:,.0f} MiB); "
+                                    "raise it if this is the right file")
+            if total is not None and total > max_bytes:
+                _discard(part, meta_path)
+                raise too_big
             with open(part, mode) as f, tqdm(desc=meta.get("name") or "download", total=total, initial=have,
                                              unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                                              disable=_quiet(progress), leave=False) as bar:
@@ -315,6 +324,11 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
                 while chunk := r.raw.read1(_CHUNK, decode_content=True):
                     f.write(chunk)
                     bar.update(len(chunk))
+                    if f.tell() > max_bytes:
+                        break
+            if part.stat().st_size > max_bytes:
+                _discard(part, meta_path)
+                raise too_big
             size = part.stat().st_size
             if total is not None and size < total:
                 raise _Retry(f"connection closed at {size:,} of {total:,} bytes")
