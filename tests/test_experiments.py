@@ -292,10 +292,11 @@ def _alive(pid: int) -> bool:
 class Try:
     """`dvc exp run` in its own session, as a terminal runs it; its log in ``log``."""
 
-    def __init__(self, ws: Path, log: Path, *args: str):
+    def __init__(self, ws: Path, log: Path, *args: str, shell: str | None = None):
         self.ws, self.log = ws, log
+        env = user_env(**({"SHELL": shell} if shell else {}))  # DVC runs the stage through $SHELL -c
         with open(log, "w") as f:
-            self.proc = subprocess.Popen(["dvc", "exp", "run", *args], cwd=ws, env=user_env(), stdout=f,
+            self.proc = subprocess.Popen(["dvc", "exp", "run", *args], cwd=ws, env=env, stdout=f,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def text(self) -> str:
@@ -360,8 +361,8 @@ def tries(project, tmp_path):
     """Start `dvc exp run` tries with ``tries(*args)``; none outlives the test."""
     started = []
 
-    def start(*args: str) -> Try:
-        started.append(Try(project, tmp_path / f"try-{len(started) + 1}.log", *args))
+    def start(*args: str, shell: str | None = None) -> Try:
+        started.append(Try(project, tmp_path / f"try-{len(started) + 1}.log", *args, shell=shell))
         return started[-1]
 
     yield start
@@ -404,17 +405,21 @@ def test_interrupted_exp_runs_leave_everything_consistent_and_the_rerun_finishes
     assert status(run3) == "FAILED"
     assert_consistent(project, baseline)
 
-    # 4. SIGTERM to dvc alone: DVC passes it on to nobody, but training stops with it.
-    try4 = tries(*LONG)
-    run4, pid = try4.training()
-    os.kill(try4.proc.pid, signal.SIGTERM)
-    try4.wait()
-    deadline = time.monotonic() + 60
-    while _alive(pid):
-        assert time.monotonic() < deadline, "training outlived dvc by 60 s"
-        time.sleep(0.05)
-    assert status(run4) == "FAILED"
-    assert_consistent(project, baseline)
+    # 4. SIGTERM to dvc alone: DVC passes it on to nobody, but training stops with it, whether
+    # the shell DVC runs the stage through execs the command (bash) or waits for it (dash).
+    for shell in ("/bin/bash", "/bin/dash"):
+        try4 = tries(*LONG, shell=shell)
+        run4, pid = try4.training()
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert (parent == try4.proc.pid) == (shell == "/bin/bash"), shell  # what the case is about
+        os.kill(try4.proc.pid, signal.SIGTERM)
+        try4.wait()
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"training outlived dvc by 60 s ({shell})"
+            time.sleep(0.05)
+        assert status(run4) == "FAILED", shell
+        assert_consistent(project, baseline)
 
     # 5. The same command again: it resumes from the checkpoint and finishes.
     out = run(project, "dvc", "exp", "run", *LONG)

@@ -34,9 +34,11 @@ import hashlib
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -675,23 +677,50 @@ def _say(message: str) -> None:
 
 
 def _stop_with_dvc() -> None:
-    """Under DVC, get SIGTERM when the dvc process dies (Linux).
+    """Under DVC, get SIGTERM when the dvc process dies (Linux 5.3+).
 
     DVC passes no signal but the terminal's Ctrl-C on to its stage, so a dvc killed
     alone (``kill``, an IDE's stop button) would leave training running unseen: its
     outputs would never reach dvc.lock, and it would race the user's rerun for the
-    same files. Not outside DVC, where a parent shell may well exit first (``nohup``).
+    same files. DVC runs the stage through ``$SHELL -c``, and a shell that does not
+    exec its last command (dash, the usual /bin/sh) sits in between and outlives dvc,
+    so the watch is on dvc itself, not on the parent. Not outside DVC, where a parent
+    shell may well exit first (``nohup``).
     """
     if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
         return
-    import ctypes
-
-    parent = os.getppid()
-    pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
-        return
-    if os.getppid() != parent:  # it died before the request took effect
+    dvc = _dvc_process()
+    try:
+        handle = os.pidfd_open(dvc)  # this process, even once its pid is reused
+    except ProcessLookupError:
         signal.raise_signal(signal.SIGTERM)
+        return
+    except OSError:  # a kernel before 5.3
+        return
+    if dvc != _dvc_process():  # it died before the handle was taken
+        os.close(handle)
+        signal.raise_signal(signal.SIGTERM)
+        return
+
+    def watch():
+        select.select([handle], [], [])  # readable once the process has ended
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-dvc", daemon=True).start()
+
+
+def _dvc_process() -> int:
+    """The nearest ancestor without ``DVC_STAGE`` in its environment: dvc, not the shell it runs
+    the stage through (DVC sets the variable for the stage's command only)."""
+    pid = os.getppid()
+    for _ in range(3):
+        try:
+            if not any(v.startswith(b"DVC_STAGE=") for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+                return pid
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pid
 
 
 class _StopRequest(keras.callbacks.Callback):
@@ -711,8 +740,8 @@ def _sigterm_as_interrupt(grace_s: float = 5.0):
     """SIGTERM (a killed `dvc exp run`, a scheduler) unwinds like Ctrl-C: checkpoint kept, run FAILED.
 
     Yields a callback for training that makes sure the interrupt lands. Repeats within
-    ``grace_s`` are ignored, so they cannot cut short the ending of the MLflow run: a
-    dying multi-threaded parent signals once per thread (PR_SET_PDEATHSIG).
+    ``grace_s`` are ignored, so they cannot cut short the ending of the MLflow run
+    (a scheduler's second SIGTERM, a dvc death that comes with it).
     """
     stop = _StopRequest()
     first = []
