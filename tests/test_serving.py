@@ -4,9 +4,9 @@ match ``crackclf predict`` on the same image files.
 The request is a pixel tensor, ``{"inputs": [image, ...]}``, each image the (size, size, 1)
 grey levels that ``crackclf.imaging.load_patch`` makes of a file: the preprocessing of
 ``crackclf predict`` and of training. The answer is ``{"predictions": [[p_crack], ...]}``.
-"""
 
-import time
+Timings: ``bench/serve.py``.
+"""
 
 import numpy as np
 import pytest
@@ -53,8 +53,7 @@ def served(store, tmp_path_factory):
            "-h", "127.0.0.1", "-p", str(port)]
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with running(cmd, f"http://127.0.0.1:{port}/ping", log, timeout=120,
-                 env=server_env(MLFLOW_TRACKING_URI=store)) as startup_s:
-        print(f"mlflow models serve: up in {startup_s:.1f} s")
+                 env=server_env(MLFLOW_TRACKING_URI=store)):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -67,9 +66,7 @@ def test_served_champion_answers_like_crackclf_predict(served, store, images):
     assert len(expected) == len(images)
 
     x = np.stack([imaging.load_patch(path, size) for path in images])  # uint8 grey levels: JSON integers
-    start = time.perf_counter()
     answer = requests.post(f"{served}/invocations", json={"inputs": x.tolist()}, timeout=60)
-    print(f"{len(images)} images in one request: {1000 * (time.perf_counter() - start):.0f} ms")
     assert answer.status_code == 200, answer.text
     got = np.asarray(answer.json()["predictions"], np.float64)
     assert got.shape == (len(images), 1)
