@@ -25,11 +25,7 @@ from crackclf import CrackclfError, cli, config, dataset, imaging, preprocess
 def make_zip(folder: Path, zip_path: Path, extra: dict[str, bytes] | None = None) -> Path:
     """Zip a dataset folder (plus extra members) into a folder of its own, like the download stage's output."""
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            zf.write(path, path.relative_to(folder).as_posix())
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
+    archives.write_zip(zip_path, {**archives.members(folder), **(extra or {})})
     return zip_path.parent
 
 
@@ -46,10 +42,6 @@ def member_bytes(raw: Path) -> dict[str, bytes]:
     (zip_path,) = raw.iterdir()
     with zipfile.ZipFile(zip_path) as zf:
         return {name: zf.read(name) for name in zf.namelist()}
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
@@ -232,13 +224,13 @@ def test_same_bytes_from_one_or_two_workers(numbered_raw, tmp_path, monkeypatch)
     two = run(numbered_raw, tmp_path / "b", workers=2, split_by="block", block_size=10)
     again = run(numbered_raw, tmp_path / "c", workers=2, split_by="block", block_size=10)
     assert len(pools) == 2 and one == two == again
-    a, b, c = (tree_bytes(tmp_path / d) for d in "abc")
+    a, b, c = (archives.members(tmp_path / d) for d in "abc")
     assert len(a) == 10 and a == b == c
 
 
 def test_failure_midway_keeps_the_previous_output(small_raw, tmp_path, monkeypatch):
     run(small_raw, tmp_path)
-    before = tree_bytes(tmp_path)
+    before = archives.members(tmp_path)
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -246,7 +238,7 @@ def test_failure_midway_keeps_the_previous_output(small_raw, tmp_path, monkeypat
     monkeypatch.setattr(preprocess, "write_csv", broken)  # after the arrays are written
     with pytest.raises(OSError, match="disk full"):
         run(small_raw, tmp_path, image_size=16)
-    assert tree_bytes(tmp_path) == before
+    assert archives.members(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "prepared"]  # no temp folder left
 
 
@@ -254,7 +246,7 @@ def test_reads_class_folders_directly_and_refuses_a_muddled_raw_dir(small, small
     from_folder = run(small, tmp_path / "folder")
     from_zip = run(small_raw, tmp_path / "zip")
     assert from_folder == from_zip
-    assert tree_bytes(tmp_path / "folder") == tree_bytes(tmp_path / "zip")
+    assert archives.members(tmp_path / "folder") == archives.members(tmp_path / "zip")
 
     (tmp_path / "two").mkdir()
     for name in ("a.zip", "b.zip"):
@@ -265,11 +257,24 @@ def test_reads_class_folders_directly_and_refuses_a_muddled_raw_dir(small, small
         preprocess.find_source(tmp_path / "missing")
 
 
+def test_a_missing_class_is_a_one_line_error(small, tmp_path):
+    shutil.copytree(small / "Positive", tmp_path / "raw" / "Positive")
+    (tmp_path / "raw" / "Negative").mkdir()
+    (tmp_path / "raw" / "Negative" / "00001.jpg").write_bytes(b"not a jpeg")  # every no-crack image unreadable
+    with pytest.raises(CrackclfError, match="0 no_crack images") as err:
+        run(tmp_path / "raw", tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
+
+
 def test_class_folders_may_sit_deeper_in_the_raw_folder(small, tmp_path):
     shutil.copytree(small, tmp_path / "raw" / "concrete")
     assert preprocess.find_source(tmp_path / "raw") == tmp_path / "raw"
     assert run(tmp_path / "raw", tmp_path / "nested") == run(small, tmp_path / "flat")
     assert all(r["file"].startswith("concrete/") for r in dataset.read_manifest(tmp_path / "nested" / "prepared"))
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "data").symlink_to(tmp_path / "raw", target_is_directory=True)
+    assert preprocess.find_source(tmp_path / "linked") == tmp_path / "linked"  # read as iter_images reads it
 
 
 def test_a_killed_runs_temporary_files_are_removed(small_raw, tmp_path):
@@ -295,7 +300,7 @@ def test_same_output_from_any_container(small, small_raw, tmp_path):
     expected = run(small_raw, tmp_path / "zip")
     for kind in ("tar", "rar"):
         assert run(tmp_path / kind, tmp_path / f"{kind}-out") == expected
-        assert tree_bytes(tmp_path / f"{kind}-out") == tree_bytes(tmp_path / "zip")
+        assert archives.members(tmp_path / f"{kind}-out") == archives.members(tmp_path / "zip")
 
 
 def test_cli_runs_the_stage_and_rejects_bad_params(small_raw, tmp_path, capsys):

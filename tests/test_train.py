@@ -457,3 +457,28 @@ def test_mirrored_on_two_logical_cpus(prepared_dir, tmp_path):
     assert run.data.tags["distribute"] == "MirroredStrategy (2 replicas)"
     assert run.data.params["train.distribute"] == "mirrored"
     assert len(json.loads((tmp_path / "m" / "train.json").read_text())["best"]) == 6
+
+
+def test_an_unreachable_tracking_server_stops_training_before_any_work(tmp_path):
+    from httpserver import free_port
+
+    params = params_with()
+    with pytest.raises(CrackclfError, match="unreachable"):  # not "no 'train' split": the data is not read
+        train_run(params, tmp_path / "no-data", tmp_path, f"http://127.0.0.1:{free_port()}")
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_checkpoint_belongs_to_one_precision_policy(prepared_dir):
+    """Mixed float16 wraps Adam in a loss-scale optimizer: its state would not restore into float32."""
+    params = params_with()
+    prints = {policy: train._fingerprint(params, prepared_dir, policy) for policy in ("float32", "mixed_float16")}
+    assert prints["float32"] != prints["mixed_float16"]
+    assert prints["float32"] == train._fingerprint(params, prepared_dir, "float32")
+
+
+def test_speed_leaves_out_the_first_epoch_of_this_try_not_of_the_run():
+    """A resumed try pays for tracing and the cache in its own first epoch."""
+    row = lambda epoch, train_s: {"epoch": epoch, "loss": 1.0 / epoch, "train_s": train_s, "epoch_s": train_s}  # noqa: E731
+    history = [row(1, 10.0), row(2, 1.0), row(3, 10.0), row(4, 1.0), row(5, 1.0)]  # a try resumed after epoch 2
+    assert train._summary(history, 100, "loss", resumed=2)["images_per_s"] == 100.0
+    assert train._summary(history[:2], 100, "loss")["images_per_s"] == 100.0

@@ -8,20 +8,17 @@ and turns user errors into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import os
 import sys
 from pathlib import Path
 
-from crackclf import CrackclfError, __version__
+from crackclf import CrackclfError, __version__, quiet_import
 
 DESCRIPTION = """\
 Concrete crack classification: download the public dataset, preprocess it,
 train the reference CNN, evaluate it and predict on your own photos.
 `dvc repro` runs the stages in order; each can also be run by hand."""
 
-KERAS_STAGES = frozenset({"train", "evaluate", "predict"})
 EPILOG = "Settings live in params.yaml (see README). Exit codes: 0 ok, 1 error, 2 bad usage or params."
 
 
@@ -117,22 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Hide what C++ libraries print while they load (TensorFlow's oneDNN and CPU-feature
-    notes ignore TF_CPP_MIN_LOG_LEVEL), so a user's stderr holds only crackclf's lines.
-    Python exceptions are unaffected: they are raised, not printed, during the import."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -143,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             params = config.Params()  # a user's photo folder, not a project: nothing to configure
         else:
             params = config.load(args.params)
-        with _native_stderr_silenced():
-            stage = importlib.import_module(f"crackclf.{args.stage}")
-            if args.stage in KERAS_STAGES:
-                importlib.import_module("keras")
+        stage = quiet_import(f"crackclf.{args.stage}")  # train's imports Keras; evaluate and predict load it late
         return int(stage.main(args, params) or 0)
     except CrackclfError as err:
         print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, archive, dataset, files, imaging
+from crackclf import CrackclfError, archive, dataset, files, imaging, quiet_import, usable_cpus
 
 THRESHOLD_FILE = "threshold.json"  # written by evaluate beside the model file
 THRESHOLD_ARTIFACT = "eval/threshold.json"  # the same file in the training's MLflow run
@@ -99,10 +99,8 @@ def load_model(spec: str | Path):
     path = Path(spec)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (run `dvc repro train`, or pass --model)")
-    import keras
-
-    import crackclf.model  # noqa: F401 - registers the custom layers before loading
-
+    keras = quiet_import("keras")
+    quiet_import("crackclf.model")  # registers the custom layers before loading
     try:
         model = keras.saving.load_model(path)
     except Exception as err:  # noqa: BLE001 - any failure means the file is not a usable model
@@ -141,8 +139,7 @@ def _registry(spec: str) -> None:
 def _load_registered(uri: str):
     import mlflow
 
-    import crackclf.model  # noqa: F401
-
+    quiet_import("crackclf.model")  # Keras, and the custom layers
     _registry(uri)
     try:
         with _no_mlflow_progress_bars():
@@ -335,7 +332,7 @@ def predict_files(model, files: Sequence[Path], threshold: float, tile_size: int
     from tqdm import tqdm
 
     size = input_size(model)
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, usable_cpus())
     window = max(4 * workers, batch_size // 2)
 
     def work(item: tuple[int, Path]) -> Decoded:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, archive, dataset, imaging
+from crackclf import CrackclfError, archive, dataset, imaging, usable_cpus
 from crackclf.files import atomic_dir, write_csv, write_json
 
 CHUNK_SIZE = 64  # images per worker task: amortises the IPC, still balances the workers
@@ -67,7 +67,7 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     """Preprocess the dataset in ``raw_dir`` into ``out_dir``; write and return the data metrics."""
     pp = params.preprocess
     source = find_source(raw_dir)
-    workers = pp.workers or os.cpu_count() or 1
+    workers = pp.workers or usable_cpus()
     read = read_and_decode(source, params.download.max_unpacked_bytes, pp.image_size, workers)
     files = collapse(read)
     if not files.kept:
@@ -103,8 +103,8 @@ def find_source(raw_dir: str | Path) -> Path:
         return raw_dir
     if not raw_dir.is_dir():
         raise CrackclfError(f"{raw_dir}: not found (run `crackclf download` or `dvc repro download` first)")
-    if any(p.name.lower() in dataset.CLASS_FOLDERS and p.is_dir() for p in raw_dir.rglob("*")):
-        return raw_dir
+    if any(archive.class_of(p.relative_to(raw_dir).as_posix()) is not None for p in archive.walk_files(raw_dir)):
+        return raw_dir  # walked as iter_images walks it: linked folders too
     entries = [p for p in sorted(raw_dir.iterdir()) if not p.name.startswith(".")]
     files = [p for p in entries if p.is_file()]
     if len(files) != 1:
@@ -396,7 +396,7 @@ def split(images: list[Entry], val_fraction: float, test_fraction: float, split_
     fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     rng = np.random.default_rng(seed)
     out: dict[str, list[Entry]] = {s: [] for s in dataset.SPLITS}
-    for label in sorted({im.label for im in images}):
+    for label in range(len(dataset.LABEL_NAMES)):  # a class with no images stops here, too
         units: dict[tuple, list[Entry]] = {}
         for im in images:
             if im.label == label:

@@ -18,10 +18,13 @@ module stays cheap for the stages that only read the run file.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import re
 import subprocess
+import types
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -85,8 +88,9 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(db).resolve()
 
 
-def check_store(uri: str) -> None:
-    """Fail fast, in one line, instead of MLflow's minutes of retries or a new empty database."""
+def check_store(uri: str, must_exist: bool = True) -> None:
+    """Fail fast, in one line, instead of MLflow's minutes of retries or (``must_exist``: train
+    makes the store, the later stages only read it) a new empty database."""
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -94,7 +98,7 @@ def check_store(uri: str) -> None:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
             raise CrackclfError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
-    elif (db := sqlite_file(uri)) is not None and not db.is_file():
+    elif must_exist and (db := sqlite_file(uri)) is not None and not db.is_file():
         raise CrackclfError(f"no MLflow store at {db}")
 
 
@@ -105,8 +109,6 @@ def store_lock(uri: str, timeout: float = 300):
     ``.dvc/tmp/mlflow.lock`` in the workspace, which at least serialises the queued
     experiments of one workspace; a no-op lock where there is neither.
     """
-    import contextlib
-
     from filelock import FileLock
 
     if db := sqlite_file(uri):
@@ -180,11 +182,9 @@ def run_tags() -> dict[str, str]:
     """Where a run comes from: git commit, DVC experiment and stage, library versions."""
     import keras
 
-    tags = {"keras.version": keras.__version__, "keras.backend": keras.backend.backend()}
     backend = keras.backend.backend()
+    tags = {"keras.version": keras.__version__, "keras.backend": backend}
     if backend in ("tensorflow", "jax", "torch"):
-        import importlib
-
         tags[f"{backend}.version"] = importlib.import_module(backend).__version__
     # Under `dvc exp run` the copy's HEAD is a stash commit; the baseline is the commit the user ran from.
     commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git("rev-parse", "HEAD")
@@ -242,8 +242,6 @@ def log_keras_model(model, input_example, registered_model: str | None = None):
     Its signature is a float32 tensor (N, size, size, 1) of 0..255 pixels and one
     crack probability per image. Returns MLflow's ``ModelInfo``.
     """
-    import types
-
     import keras
     import mlflow
     import numpy as np

@@ -46,7 +46,7 @@ import keras
 import mlflow
 import numpy as np
 
-from crackclf import CrackclfError, config, dataset, files, tracking
+from crackclf import CrackclfError, config, dataset, files, tracking, usable_cpus
 from crackclf.config import ConfigError, Params
 from crackclf.model import build_model, compile_model
 
@@ -90,6 +90,7 @@ def run(
     """
     train, size = params.train, params.preprocess.image_size
     model_path = Path(model_path)
+    tracking.check_store(tracking.tracking_uri(), must_exist=False)  # before minutes of work, not after
     x, y = dataset.load_split(data_dir, "train")
     xv, yv = dataset.load_split(data_dir, "val")
     _check_shapes(data_dir, x, xv, size)
@@ -104,7 +105,7 @@ def run(
     policy_before = keras.mixed_precision.global_policy()
     try:
         policy = _set_precision(train.mixed_precision, gpus)
-        checkpoint = Checkpoint(model_path, _fingerprint(params, data_dir))
+        checkpoint = Checkpoint(model_path, _fingerprint(params, data_dir, policy))
         stale_run = checkpoint.last_run()  # read first: --fresh or other params remove the checkpoint
         if fresh:
             checkpoint.remove()
@@ -158,7 +159,7 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
                      "run again to resume")
             raise
 
-        metrics = _summary(history, len(inputs.y), inputs.monitor)
+        metrics = _summary(history, len(inputs.y), inputs.monitor, resumed=len(state["history"]) if state else 0)
         export = _inference_model(model, params)
         run_file.unlink(missing_ok=True)  # written last: a run file always belongs to the model beside it
         _save_model(export, model_path)
@@ -281,7 +282,7 @@ def _device_tags(gpus, strategy, policy) -> dict[str, str]:
         tags = {"device": f"{len(gpus)} x {', '.join(names)}", "device.type": "gpu", "device.count": str(len(gpus))}
         tags.update(_cuda_versions())
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = usable_cpus()
         cpu = _cpu_model()
         tags = {"device": f"CPU {cpu} ({cores} cores)", "device.type": "cpu", "device.count": "1",
                 "cpu.model": cpu, "cpu.cores": str(cores)}
@@ -525,8 +526,9 @@ class _Checkpointer(keras.callbacks.Callback):
 # --- checkpoint --------------------------------------------------------------------------------------
 
 
-def _fingerprint(params: Params, data_dir: str | Path) -> str:
-    """What a checkpoint belongs to: the params that shape the weights and the data files' identity."""
+def _fingerprint(params: Params, data_dir: str | Path, policy: str) -> str:
+    """What a checkpoint belongs to: the params that shape the weights, the data files' identity, and
+    the precision policy ``mixed_precision: auto`` chose (mixed float16 adds loss-scale optimizer state)."""
     flat = {k: v for k, v in config.flatten(params).items()
             if (k.startswith("train.") or k in ("seed", "preprocess.image_size")) and k not in _NOT_IN_FINGERPRINT}
     data = []
@@ -534,7 +536,8 @@ def _fingerprint(params: Params, data_dir: str | Path) -> str:
         for path in (dataset.images_path(data_dir, split), dataset.labels_path(data_dir, split)):
             st = path.stat()
             data.append([path.name, st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"params": flat, "data": data, "backend": keras.backend.backend()}, sort_keys=True, default=str)
+    blob = json.dumps({"params": flat, "data": data, "backend": keras.backend.backend(), "policy": policy},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -555,7 +558,6 @@ class Checkpoint:
         model_path = Path(model_path)
         self.dir = model_path.parent / f".{model_path.name}.checkpoint"
         self.fingerprint = fingerprint
-        self.state: dict | None = None
         self.path: Path | None = None
 
     def started(self, run_id: str) -> None:
@@ -584,14 +586,14 @@ class Checkpoint:
         """The newest complete epoch's state if it belongs to this fingerprint; a stale one is removed."""
         epochs = self._epochs()
         if not epochs:
-            self.state = self.path = None
+            self.path = None
             return None
         state = json.loads((epochs[-1] / "state.json").read_text(encoding="utf-8"))
         if state.get("fingerprint") != self.fingerprint:
             _say(f"{self.dir}: checkpoint of other params or data, ignored")
             self.remove()
             return None
-        self.state, self.path = state, epochs[-1]
+        self.path = epochs[-1]
         return state
 
     def restore(self, model: keras.Model) -> None:
@@ -623,16 +625,17 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.state = self.path = None
+        self.path = None
 
 
 # --- outputs -----------------------------------------------------------------------------------------
 
 
-def _summary(history: list[dict], n_train: int, monitor: str) -> dict:
+def _summary(history: list[dict], n_train: int, monitor: str, resumed: int = 0) -> dict:
     """metrics/train.json: final and best epoch (the one whose weights were kept), speed, time."""
     best = min(history, key=lambda r: r[monitor])  # first of equals, as EarlyStopping picks
-    steady = history[1:] or history  # the first epoch pays for tracing and filling the cache
+    ran = history[resumed:] or history  # this try's epochs; the first paid for tracing and filling the cache
+    steady = ran[1:] or ran
     pick = lambda row: {k: round(row[k], 6) for k in METRICS if k in row}  # noqa: E731
     return {
         "epochs": len(history),
