@@ -6,7 +6,7 @@ Prints, measured in the same run on the same model and images:
   - a loop calling the model on one image at a time (model.predict, and predict_on_batch);
   - the wall time of one single-image `crackclf predict` from a cold start (median of 3).
 
-Images: /work/shared/data/crack-sample (linked, never copied) if present, else synthetic.
+Images: ../shared/data/crack-sample beside the repo (linked, never copied) if present, else synthetic.
 Model: --model (default models/model.keras); if missing, a quick one is trained here
 (default params, 1 epoch on 400 images) and the output says so.
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path("/work/shared/data/crack-sample")
+SAMPLE = REPO.parent / "shared" / "data" / "crack-sample"  # ../shared beside the repo
 
 
 def image_folder(source: Path | None, n: int, tmp: Path) -> tuple[Path, str]:

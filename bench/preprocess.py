@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 
 from crackclf import archive, config, preprocess  # noqa: E402
 
-DEFAULT_FOLDER = Path("/work/shared/data/crack-sample")
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "crack-sample"  # ../shared beside the repo
 
 
 def dataset_files(folder: Path) -> list[tuple[str, Path]]:

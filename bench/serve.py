@@ -6,7 +6,7 @@ Prints, measured in the same run on the same model and pixel arrays:
     several requests), side by side with ``model.predict_on_batch`` on the same arrays in
     this warm process: what the HTTP and JSON layers add.
 
-Images: /work/shared/data/crack-sample (linked, never copied) if present, else synthetic.
+Images: ../shared/data/crack-sample beside the repo (linked, never copied) if present, else synthetic.
 Model: --model (default models/model.keras); if missing, a quick one is trained here.
 It is logged and registered in a temporary MLflow store, as train does.
 
@@ -50,8 +50,7 @@ def main() -> None:
     import mlflow
     import numpy as np
     import requests
-    from httpserver import free_port
-    from mlflow_server import MLFLOW, running, server_env
+    from mlflow_server import models_serve
 
     from crackclf import imaging, predict, tracking
 
@@ -76,18 +75,14 @@ def main() -> None:
         print(f"images: {described}\nmodel:  {model_path} ({size} px input), registered as models:/bench/{version}\n"
               f"{os.cpu_count()} CPU cores\n")
 
-        port = free_port()
-        cmd = [MLFLOW, "models", "serve", "-m", f"models:/bench/{version}", "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
         rows = []
-        with running(cmd, f"http://127.0.0.1:{port}/ping", tmp / "serve.log", timeout=180,
-                     env=server_env(MLFLOW_TRACKING_URI=uri)) as startup_s:
+        with models_serve(f"models:/bench/{version}", uri, tmp / "serve.log") as (url, startup_s):
             session = requests.Session()
             for batch, times in BATCHES.items():
                 body = {"inputs": x[:batch].tolist()}
 
                 def request():
-                    answer = session.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+                    answer = session.post(f"{url}/invocations", json=body, timeout=120)
                     answer.raise_for_status()
                     return answer
 

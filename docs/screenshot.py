@@ -284,9 +284,14 @@ def main() -> int:
 
     if not shutil.which(args.chromium):
         sys.exit(f"screenshot: {args.chromium} not found (apt-get install chromium)")
-    if args.store.startswith("sqlite:///") and not Path(args.store.removeprefix("sqlite:///")).is_file():
-        sys.exit(f"screenshot: no MLflow store at {args.store.removeprefix('sqlite:///')}")
     import mlflow
+
+    from crackclf import CrackclfError, tracking
+
+    try:
+        tracking.check_store(args.store)
+    except CrackclfError as err:
+        sys.exit(f"screenshot: {err}")
 
     client = mlflow.MlflowClient(tracking_uri=args.store)
     exp = client.get_experiment_by_name(args.experiment)

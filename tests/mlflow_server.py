@@ -1,8 +1,8 @@
 """Real MLflow servers on free loopback ports, for the team-setup and serving tests (and docs/screenshot.py).
 
 ``mlflow_server`` runs ``mlflow server`` (tracking, registry, proxied artifacts);
-``running`` runs any server command (``mlflow models serve``) until its health URL
-answers. Each runs in its own process group, so every worker it forks is stopped
+``running`` runs any server command until its health URL answers; ``models_serve``
+runs ``mlflow models serve``. Each runs in its own process group, so every worker it forks is stopped
 with it, and the wait for it is bounded.
 """
 
@@ -62,6 +62,17 @@ def running(cmd: list[str], health_url: str, log_path: Path, timeout: float = 90
                 proc.wait()
             with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def models_serve(model_uri: str, store: str, log_path: Path, timeout: float = 180) -> Iterator[tuple[str, float]]:
+    """``mlflow models serve`` of ``model_uri`` from the store ``store`` on a free loopback port;
+    yields its URL and the seconds until it answered /ping."""
+    port = free_port()
+    cmd = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with running(cmd, f"http://127.0.0.1:{port}/ping", log_path, timeout=timeout,
+                 env=server_env(MLFLOW_TRACKING_URI=store)) as startup_s:
+        yield f"http://127.0.0.1:{port}", startup_s
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ the same SQLite file answers, through its REST API, with both runs, their params
 curves, tags, logged models and registered versions: what the UI and its run comparison draw.
 """
 
-import copy
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from PIL import Image
 import synth
 from crackclf import config, dataset, train
 from mlflow_server import RestAPI, mlflow_server, tracking_to
+from workspace import merge
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +32,7 @@ def project(prepared_dir, tmp_path_factory) -> dict:
     runs = {}
     with tracking_to(f"sqlite:///{root / 'mlflow.db'}"), pytest.MonkeyPatch.context() as mp:
         for name, lr in RUNS.items():
-            data = copy.deepcopy(synth.TINY_PARAMS)
-            data["train"].update(learning_rate=lr, epochs=EPOCHS)
-            params = config.parse(data)
+            params = config.parse(merge(synth.TINY_PARAMS, {"train": {"learning_rate": lr, "epochs": EPOCHS}}))
             mp.setenv("DVC_EXP_NAME", name)  # what `dvc exp run` sets for the stage
             out = root / name
             result = train.run(params, prepared_dir, out / "model.keras", out / "train.json",
@@ -128,7 +126,8 @@ def test_logged_models_and_registered_versions(api, project):
         spec = yaml.safe_load(mlmodel.text)
         assert {"keras", "python_function"} <= set(spec["flavors"])
         tensor = yaml.safe_load(spec["signature"]["inputs"])[0]["tensor-spec"]
-        assert tensor == {"dtype": "float32", "shape": [-1, 48, 48, 1]}
+        size = synth.TINY_PARAMS["preprocess"]["image_size"]
+        assert tensor == {"dtype": "float32", "shape": [-1, size, size, 1]}
 
         version = versions[run_id]
         assert version["version"] == str(expected["run"]["model_version"])

@@ -6,18 +6,49 @@ code runs; the model is the tiny 48 px one, so the whole pipeline takes about a 
 
 from __future__ import annotations
 
+import ast
 import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import synth
 from httpserver import FileServer
-from workspace import run, served_workspace
+from workspace import REPO, run, served_workspace
 
-pytestmark = pytest.mark.slow
 STAGES = ("download", "preprocess", "train", "evaluate", "predict")
+
+
+def _crackclf_imports(module: str) -> set[str]:
+    """The crackclf modules ``module`` imports anywhere in its code (by import statement or quiet_import)."""
+    src = REPO / "src" / "crackclf"
+    found = set()
+    for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "crackclf":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crackclf."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("crackclf."):
+            found.add(node.value.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("crackclf.")}
+    return {m for m in found if (src / f"{m}.py").is_file()}
+
+
+def test_every_stage_depends_on_the_modules_it_runs():
+    """A change to any module a stage imports reruns it; config.py, because the CLI validates params.yaml."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGES
+    for stage, spec in stages.items():
+        needed, todo = {"config"}, [stage]
+        while todo:
+            module = todo.pop()
+            needed.add(module)
+            todo += _crackclf_imports(module) - needed
+        deps = {d.removeprefix("src/crackclf/").removesuffix(".py") for d in spec["deps"] if d.startswith("src/")}
+        assert needed <= deps, f"{stage}: dvc.yaml lacks {sorted(needed - deps)}"
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +72,7 @@ def ran(proc) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in text}
 
 
+@pytest.mark.slow
 def test_repro_runs_every_stage_and_learns(workspace, first_repro):
     assert ran(first_repro) == set(STAGES)
     data = json.loads((workspace / "metrics/data.json").read_text())
@@ -56,6 +88,7 @@ def test_repro_runs_every_stage_and_learns(workspace, first_repro):
     assert rows[0].startswith("path,probability,label") and len(rows) == 1 + 2 * 4
 
 
+@pytest.mark.slow
 def test_mlflow_run_registered_in_the_workspace_store(workspace, first_repro):
     import mlflow
 
@@ -69,12 +102,14 @@ def test_mlflow_run_registered_in_the_workspace_store(workspace, first_repro):
     assert version.run_id == info["run_id"]
 
 
+@pytest.mark.slow
 def test_second_repro_does_nothing(workspace, first_repro):
     again = run(workspace, "dvc", "repro")
     assert ran(again) == set(), again.stdout
     assert "up to date" in run(workspace, "dvc", "status").stdout
 
 
+@pytest.mark.slow
 def test_a_train_param_reruns_train_and_below_only(workspace, first_repro):
     lock = (workspace / "dvc.lock").read_text()
     params = workspace / "params.yaml"
@@ -88,6 +123,7 @@ def test_a_train_param_reruns_train_and_below_only(workspace, first_repro):
         run(workspace, "dvc", "repro")  # back to the first state for the tests after this one
 
 
+@pytest.mark.slow
 def test_an_image_size_change_reruns_preprocess_not_download(workspace, first_repro):
     assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}
     params = workspace / "params.yaml"

@@ -133,6 +133,17 @@ def test_missing_model_is_one_line_and_exit_2(mixed_folder, tmp_path):
         "(run `dvc repro train`, or pass --model)"]
 
 
+def test_outside_a_project_defaults_serve_unless_a_params_file_is_named(mixed_folder, tmp_path):
+    """No params.yaml: predict runs on built-in defaults; naming one that is not there is an error."""
+    quiet = crackclf(tmp_path, "predict", mixed_folder / "ref8.png", "--model", tmp_path / "nope.keras")
+    assert "no such model file" in quiet.stderr  # got past the settings
+    for named in ("params.yaml", "./params.yaml"):
+        done = crackclf(tmp_path, "predict", "--params", named, mixed_folder / "ref8.png")
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"crackclf predict: error: {Path(named)}: not found (run from the project root, or pass --params)"]
+
+
 def test_tiles_mark_where_the_cracks_are(photo_patches, tiny_model_path, tmp_path):
     upright = inspection_photo(*photo_patches)
     upright.save(tmp_path / "photo.png")

@@ -2,22 +2,20 @@
 DVC remote round-trips the data and the model. Nothing else in the workspace changes.
 """
 
-import copy
-import hashlib
 import json
 import re
 import shutil
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pytest
 
 import synth
-from crackclf import config, dataset, evaluate, train
+from crackclf import config, dataset, evaluate, predict, train
+from crackclf.files import sha256
 from mlflow_server import RestAPI, mlflow_server, tracking_to
-from workspace import make_workspace, run
+from workspace import make_workspace, merge, run
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +24,8 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
     ws = tmp_path / "workspace"
     (ws / ".dvc").mkdir(parents=True)  # a DVC project: its default store would be ws/mlflow.db
     monkeypatch.chdir(ws)
-    data = copy.deepcopy(synth.TINY_PARAMS)
-    data["train"]["epochs"] = 3
-    params = config.parse(data)
+    epochs = 3
+    params = config.parse(merge(synth.TINY_PARAMS, {"train": {"epochs": epochs}}))
     out = {"model": ws / "models" / "model.keras", "run_file": ws / "models" / "mlflow_run.json"}
 
     server_root = tmp_path / "server"
@@ -46,7 +43,7 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
         logged = {m["key"]: m["value"] for m in got["data"]["metrics"]}
         assert logged["test_f1"] == pytest.approx(metrics["f1"], abs=1e-6)
         history = api.get("metrics/get-history", run_id=info["run_id"], metric_key="val_loss")["metrics"]
-        assert [p["step"] for p in history] == [1, 2, 3]
+        assert [p["step"] for p in history] == list(range(1, epochs + 1))
         # The run's artifacts went through the server's proxy (mlflow-artifacts:/), not to a local path.
         assert got["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
         listed = api.get("artifacts/list", run_id=info["run_id"], path="eval")["files"]
@@ -56,7 +53,7 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
 
         # The champion comes back through the server and predicts like the file the stage wrote.
         x = np.asarray(dataset.load_split(prepared_dir, "test")[0][:16], np.float32)
-        champion = mlflow.keras.load_model("models:/crackclf@champion")
+        champion = predict.load_model("models:/crackclf@champion")  # what `crackclf predict --model` loads
         written = keras.saving.load_model(out["model"])
         np.testing.assert_allclose(champion.predict(x, verbose=0), written.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
 
@@ -69,14 +66,12 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
 def digests(root: Path, paths: list[str]) -> dict[str, str]:
     """sha256 of every file under ``paths`` (files or folders), by path relative to ``root``."""
     files = [p for rel in paths for p in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*"))]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+    return {str(p.relative_to(root)): sha256(p) for p in files if p.is_file()}
 
 
 def test_dvc_remote_round_trips_data_and_model(synthetic_folder, tmp_path):
-    params = copy.deepcopy(synth.TINY_PARAMS)
-    params["train"]["epochs"] = 2
-    params["download"] = {"url": str(synthetic_folder)}
-    params["preprocess"].update(split_by="file")  # 60 images a class are fewer than one block
+    params = merge(synth.TINY_PARAMS, {"train": {"epochs": 2}, "download": {"url": str(synthetic_folder)},
+                                       "preprocess": {"split_by": "file"}})  # 60 images a class: fewer than a block
     ws = make_workspace(tmp_path / "ws", params)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run(ws, "dvc", "repro", MLFLOW_TRACKING_URI=store)

@@ -15,8 +15,7 @@ from PIL import Image
 
 import synth
 from crackclf import config, evaluate, imaging, predict, train
-from httpserver import free_port
-from mlflow_server import MLFLOW, running, server_env, tracking_to
+from mlflow_server import models_serve, tracking_to
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/crackclf@champion"
@@ -48,13 +47,8 @@ def images(synthetic_folder, tmp_path_factory) -> list:
 @pytest.fixture(scope="module")
 def served(store, tmp_path_factory):
     """``mlflow models serve`` of the champion on a free loopback port; yields its URL."""
-    port = free_port()
-    cmd = [MLFLOW, "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port)]
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with running(cmd, f"http://127.0.0.1:{port}/ping", log, timeout=120,
-                 env=server_env(MLFLOW_TRACKING_URI=store)):
-        yield f"http://127.0.0.1:{port}"
+    with models_serve(MODEL_URI, store, tmp_path_factory.mktemp("serve") / "serve.log", timeout=120) as (url, _):
+        yield url
 
 
 def test_served_champion_answers_like_crackclf_predict(served, store, images):

@@ -29,7 +29,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one worth showing."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "%(default)" in (action.help or ""):
+        if action.default in (None, False):
             return action.help
         return super()._get_help_string(action)
 
@@ -37,8 +37,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--params", type=Path, default=DEFAULT_PARAMS, metavar="FILE",
-        help="settings file (predict outside a project: built-in defaults if there is none)",
+        "--params", type=Path, metavar="FILE",
+        help=f"settings file (default: {DEFAULT_PARAMS}; predict outside a project: built-in defaults if there is none)",
     )
     fmt = _HelpFormatter
     p = argparse.ArgumentParser(prog="crackclf", description=DESCRIPTION, epilog=EPILOG)
@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from crackclf import config
 
-        if args.stage == "predict" and args.params == DEFAULT_PARAMS and not DEFAULT_PARAMS.exists():
+        if args.stage == "predict" and args.params is None and not DEFAULT_PARAMS.exists():
             params = config.Params()  # a user's photo folder, not a project: nothing to configure
         else:
-            params = config.load(args.params)
+            params = config.load(args.params or DEFAULT_PARAMS)
         stage = quiet_import(f"crackclf.{args.stage}")  # train's imports Keras; evaluate and predict load it late
         return int(stage.main(args, params) or 0)
     except CrackclfError as err:

@@ -267,8 +267,9 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
              timeout: float, progress: bool | None, max_bytes: int) -> dict:
     """One request. Returns the finished file's meta; raises _Retry (at once) to start over without it.
 
-    An archive is never larger than what it unpacks to, so ``max_bytes`` (the unpacked cap)
-    also bounds the download: a server that sends no length cannot fill the disk.
+    An archive is about as large as what it unpacks to at most (JPEGs do not compress), so
+    ``max_bytes`` (the unpacked cap) also bounds the download: a server that sends no length
+    cannot fill the disk.
     """
     import requests
     import urllib3
@@ -326,10 +327,10 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
                     bar.update(len(chunk))
                     if f.tell() > max_bytes:
                         break
-            if part.stat().st_size > max_bytes:
+            size = part.stat().st_size
+            if size > max_bytes:
                 _discard(part, meta_path)
                 raise too_big
-            size = part.stat().st_size
             if total is not None and size < total:
                 raise _Retry(f"connection closed at {size:,} of {total:,} bytes")
             if total is not None and size > total:

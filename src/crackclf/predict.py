@@ -256,10 +256,13 @@ def decode(source: str | Path | bytes, size: int, tile_size: int, stride: int, p
     name = None if isinstance(source, bytes) else str(source)
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()  # read once, parsed twice
-        with Image.open(io.BytesIO(data)) as header:  # header only
+    except OSError:
+        data = source  # load_patch below raises the one-line ImageError
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as header:  # header only
             width, height = header.size
-    except Exception:  # noqa: BLE001 - load_patch below raises the one-line ImageError
-        data, width, height = source, 0, 0
+    except Exception:  # noqa: BLE001 - likewise
+        width = height = 0
     if not is_whole_photo(width, height, tile_size):
         patch = imaging.load_patch(data, size, name)
         return Decoded(patch[None], None, (width, height), patch[:, :, 0] if preview_px else None)
