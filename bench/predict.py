@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1000, help="images in the folder")
     opts = ap.parse_args()
 
-    from crackclf import config, imaging, predict
+    from crackclf import config, imaging, inference, predict
 
     params = config.load(REPO / "params.yaml") if (REPO / "params.yaml").exists() else config.parse({})
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,8 +101,8 @@ def main() -> None:
             which = (f"quick model trained here ({model_path.name}: default params, 1 epoch on 400 images, "
                      f"{time.perf_counter() - t:.0f} s), since {opts.model} is missing")
 
-        model = predict.load_model(model_path)
-        size = predict.input_size(model)
+        model = inference.load_model(model_path)
+        size = model.size
         print(f"images: {described}\nmodel:  {which} ({size} px input)\n"
               f"predict.batch_size {params.predict.batch_size}, {os.cpu_count()} CPU cores\n")
 
@@ -132,8 +132,8 @@ def main() -> None:
             return (time.perf_counter() - t) * len(files) / min(subset, len(files))
 
         # model.predict sets up a data pipeline per call (~50 ms): timed on 200 images, scaled up.
-        loop_predict = one_at_a_time(lambda x: model.predict(x, verbose=0), 200)
-        loop_pob = one_at_a_time(model.predict_on_batch, len(files))
+        loop_predict = one_at_a_time(lambda x: model.net.predict(x, verbose=0), 200)
+        loop_pob = one_at_a_time(model.net.predict_on_batch, len(files))
 
         single = files[0]
         cold = [cli([str(single), "--model", str(model_path)]) for _ in range(3)]

@@ -37,7 +37,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bar would onl
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from crackclf import archive, config, preprocess  # noqa: E402
+from crackclf import config, dataset, preprocess  # noqa: E402
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "crack-sample"  # ../shared beside the repo
 
@@ -45,7 +45,7 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "crac
 def dataset_files(folder: Path) -> list[tuple[str, Path]]:
     """(name inside the folder, path) of every file under a class folder."""
     named = ((p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file())
-    return [(name, p) for name, p in named if archive.class_of(name) is not None]
+    return [(name, p) for name, p in named if dataset.class_of(name) is not None]
 
 
 def copy_name(name: str, copy: int) -> str:

@@ -52,7 +52,7 @@ def main() -> None:
     import requests
     from mlflow_server import models_serve
 
-    from crackclf import imaging, predict, tracking
+    from crackclf import imaging, inference, tracking
 
     n = max(BATCHES)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +62,8 @@ def main() -> None:
         if not model_path.is_file():
             model_path = tmp / "quick.keras"
             quick_model(folder, model_path)
-        model = predict.load_model(model_path)
-        size = predict.input_size(model)
+        model = inference.load_model(model_path)
+        size = model.size
         files = sorted(p for p in folder.rglob("*") if imaging.is_image_path(p))[:n]
         x = np.stack([imaging.load_patch(f, size) for f in files])
 
@@ -71,7 +71,7 @@ def main() -> None:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         with mlflow.start_run():
-            version = tracking.log_keras_model(model, x[:1], registered_model="bench").registered_model_version
+            version = tracking.log_keras_model(model.net, x[:1], registered_model="bench").registered_model_version
         print(f"images: {described}\nmodel:  {model_path} ({size} px input), registered as models:/bench/{version}\n"
               f"{os.cpu_count()} CPU cores\n")
 
@@ -87,10 +87,10 @@ def main() -> None:
                     return answer
 
                 served = np.asarray(request().json()["predictions"], np.float64)[:, 0]
-                local = np.asarray(model.predict_on_batch(x[:batch].astype(np.float32)), np.float64)[:, 0]
+                local = np.asarray(model.net.predict_on_batch(x[:batch].astype(np.float32)), np.float64)[:, 0]
                 np.testing.assert_allclose(served, local, atol=1e-5)  # the same answers, or no timing
                 rows.append((batch, median_s(request, times),
-                             median_s(lambda: model.predict_on_batch(x[:batch].astype(np.float32)), times)))
+                             median_s(lambda: model.net.predict_on_batch(x[:batch].astype(np.float32)), times)))
 
     print(f"mlflow models serve: answers /ping {startup_s:.1f} s after start\n")
     print(f"{'images per request':>18s} {'served ms':>10s} {'images/s':>9s} {'in process ms':>14s} "

@@ -62,7 +62,7 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from crackclf import config, train
+    from crackclf import batches, config
     from crackclf.model import build_model, compile_model
 
     params = config.load(REPO / "params.yaml")
@@ -84,7 +84,7 @@ def main() -> int:
     }
     for policy in ["float32", "mixed_float16"] if gpus else ["float32"]:
         keras.mixed_precision.set_global_policy(policy)
-        pipeline = train.tf_train_dataset(x, y, bs, params.seed, range(args.rounds + 1))
+        pipeline = batches.tf_train_dataset(x, y, bs, params.seed, range(args.rounds + 1))
         models = {}
         for name, feed in feeds.items():  # warm-up: tracing, the pipeline's cache
             keras.utils.set_random_seed(params.seed)

@@ -339,3 +339,25 @@ def test_a_download_larger_than_the_cap_is_refused(server, rar_bytes, tmp_path, 
     with pytest.raises(DownloadError, match="larger than download.max_unpacked_mb"):
         fetch(url, tmp_path / "raw", max_unpacked_bytes=200_000)
     assert leftovers(tmp_path) == []
+
+
+def test_progress_off_a_terminal_is_plain_lines_in_megabytes(server, rar_bytes, tmp_path, capsys, monkeypatch):
+    from crackclf import progress
+
+    monkeypatch.setattr(progress, "enabled", True)
+    url, mb = server.serve("/d.rar", rar_bytes), f"{len(rar_bytes) / 1e6:.2f} MB"
+    download.download(url, tmp_path / "raw")  # stderr is pytest's capture: not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith(f"download d.rar: {mb} in 0:00 (") and line.endswith(" MB/s)") for line in lines), err
+    assert any(line.startswith("verify: 6 files in 0:00") for line in lines), err
+
+    monkeypatch.setattr(progress, "MIN_GAP", 0)
+    monkeypatch.setenv(progress.INTERVAL_ENV, "1e-9")  # a line on every chunk: rate, and ETA against the length
+    download.download(url, tmp_path / "raw")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert any(line.startswith("download d.rar: ") and f"/{mb} (" in line and "MB/s, ETA" in line
+               for line in err.splitlines()), err
+    assert download.download(url, tmp_path / "raw", progress=False) and capsys.readouterr().err == ""

@@ -11,7 +11,7 @@ from PIL import Image
 
 import synth
 from httpserver import free_port
-from crackclf import config, dataset, evaluate, files, predict, tracking
+from crackclf import config, dataset, evaluate, files, inference, tracking
 
 # y and p of eight test images; at threshold 0.5: tp 3 (0, 2, 6), fn 1 (3), fp 1 (4), tn 3 (1, 5, 7).
 Y = [1, 0, 1, 1, 0, 0, 1, 0]
@@ -86,9 +86,9 @@ def test_run_writes_metrics_plots_and_threshold(prepared_dir, tiny_model_path, t
     out = _outputs(tmp_path)
     metrics = evaluate.run(params(threshold=0.5), prepared_dir, tiny_model_path, **out)
 
-    model = predict.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path)
     x, y = dataset.load_split(prepared_dir, "test")
-    probs = predict.predict_proba(model, x, 64)
+    probs = model.predict(x, 64)
     assert metrics == evaluate.compute_metrics(y, probs, 0.5)
     assert json.loads(out["metrics_path"].read_text()) == metrics
     assert metrics["n_test"] == 60 and metrics["accuracy"] >= 0.8  # the tiny model really learned
@@ -125,11 +125,11 @@ def test_auto_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_pa
     out = _outputs(tmp_path)
     metrics = evaluate.run(params(threshold="auto"), data, tiny_model_path, **out)
 
-    model = predict.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path)
     x_val, y_val = dataset.load_split(data, "val")
     x_test, y_test = dataset.load_split(data, "test")
-    val_best, _ = evaluate.best_f1_threshold(y_val, predict.predict_proba(model, x_val, 64))
-    test_best, _ = evaluate.best_f1_threshold(y_test, predict.predict_proba(model, x_test, 64))
+    val_best, _ = evaluate.best_f1_threshold(y_val, model.predict(x_val, 64))
+    test_best, _ = evaluate.best_f1_threshold(y_test, model.predict(x_test, 64))
     assert abs(val_best - test_best) > 0.01
     assert metrics["threshold"] == pytest.approx(val_best, abs=1e-6)
     info = json.loads(out["threshold_path"].read_text())
@@ -176,7 +176,7 @@ def _constant_model(model, probability):
 def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_path, mlflow_store, capsys):
     from mlflow import MlflowClient
 
-    trained = predict.load_model(tiny_model_path)
+    trained = inference.load_model(tiny_model_path).net
     candidates = [  # evaluated in this order: test F1 2/3 (all crack), 0 (all no crack), then the trained model
         ("all_crack", _constant_model(trained, 0.9), 0.5),
         ("no_crack", _constant_model(trained, 0.1), 0.5),
@@ -222,27 +222,27 @@ def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_
     chosen = json.loads((tmp_path / "trained" / "models" / "threshold.json").read_text())["threshold"]
     assert chosen != 0.5
     warnings = []
-    assert predict.default_threshold("models:/crackclf-test@champion", warnings.append) == chosen
-    assert predict.default_threshold("models:/crackclf-test/1", warnings.append) == 0.5  # fixed 0.5 for v1
+    assert inference.default_threshold("models:/crackclf-test@champion", warnings.append) == chosen
+    assert inference.default_threshold("models:/crackclf-test/1", warnings.append) == 0.5  # fixed 0.5 for v1
     assert warnings == []
-    champion = predict.load_model("models:/crackclf-test@champion")
+    champion = inference.load_model("models:/crackclf-test@champion")
     x, _ = dataset.load_split(prepared_dir, "test")
-    np.testing.assert_allclose(predict.predict_proba(champion, x, 64), predict.predict_proba(trained, x, 64),
+    np.testing.assert_allclose(champion.predict(x, 64), inference.Model(trained, 'trained').predict(x, 64),
                                atol=1e-6)
 
 
-def test_unreachable_tracking_server_still_writes_metrics(prepared_dir, tiny_model_path, tmp_path,
-                                                          monkeypatch, capsys):
+def test_unreachable_tracking_server_still_writes_metrics(prepared_dir, tiny_model_path, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     out = _outputs(tmp_path)
     tracking.write_run_file(out["run_file"], {"run_id": "0" * 32, "experiment_id": "1",
                                               "tracking_uri": url,
                                               "registered_model": "crackclf-test", "model_version": 1})
-    metrics = evaluate.run(params(), prepared_dir, tiny_model_path, **out)
-    assert json.loads(out["metrics_path"].read_text()) == metrics
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "MLflow not updated" in err[0] and "unreachable" in err[0]
+    # The work needed the store: exit 1 (TrackingError), but the metrics files stand.
+    with pytest.raises(tracking.TrackingError, match="MLflow not updated .*unreachable"):
+        evaluate.run(params(), prepared_dir, tiny_model_path, **out)
+    assert json.loads(out["metrics_path"].read_text())["n_test"] > 0
+    assert out["threshold_path"].is_file()
 
 
 def test_auto_threshold_between_close_scores_is_used_as_chosen():
@@ -258,14 +258,23 @@ def test_champion_is_compared_on_its_own_test_set_only(mlflow_store, tmp_path):
 
     client = MlflowClient()
     client.create_registered_model("crackclf-test")
-    for _ in range(3):
+    for _ in range(6):
         client.create_model_version("crackclf-test", source=str(tmp_path / "model"))
-    first = evaluate.update_champion(client, "crackclf-test", "1", 0.80, "split-a")
+    first = evaluate.update_champion(client, "crackclf-test", "1", 0.80, 0.30, "split-a")
     assert first["promoted"] == "true"
     # A higher F1 on another split (say split_by: file, which leaks neighbours into test) does not win.
-    other = evaluate.update_champion(client, "crackclf-test", "2", 0.99, "split-b")
+    other = evaluate.update_champion(client, "crackclf-test", "2", 0.99, 0.05, "split-b")
     assert other["promoted"] == "false" and "another test set" in other["message"]
     assert str(client.get_model_version_by_alias("crackclf-test", "champion").version) == "1"
-    same = evaluate.update_champion(client, "crackclf-test", "3", 0.85, "split-a")
+    same = evaluate.update_champion(client, "crackclf-test", "3", 1.0, 0.20, "split-a")
     assert same["promoted"] == "true" and same["champion_previous_version"] == "1"
     assert client.get_model_version("crackclf-test", "3").tags["test_set"] == "split-a"
+
+    # At F1 1.0 a later version can still win: equal F1, lower test loss.
+    worse = evaluate.update_champion(client, "crackclf-test", "4", 1.0, 0.25, "split-a")
+    assert worse["promoted"] == "false" and "test loss 0.2500 >= 0.2000" in worse["message"]
+    surer = evaluate.update_champion(client, "crackclf-test", "5", 1.0, 0.10, "split-a")
+    assert surer["promoted"] == "true" and "test loss 0.1000 < 0.2000" in surer["message"]
+    assert str(client.get_model_version_by_alias("crackclf-test", "champion").version) == "5"
+    # Lower loss never outweighs a lower F1.
+    assert evaluate.update_champion(client, "crackclf-test", "6", 0.99, 0.01, "split-a")["promoted"] == "false"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import synth
-from crackclf import CrackclfError, cli, config, dataset, files, imaging, predict
+from crackclf import CrackclfError, cli, config, dataset, files, imaging, inference, plots, predict
 from workspace import crackclf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +33,13 @@ def photo_patches(tiny_model_path):
     The tiling tests check where tiles land, not how good the tiny model is, so
     patches it misjudges on their own are left out.
     """
-    model = predict.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path)
     rng = np.random.default_rng(7)
     crack = [synth.patch(rng, True).convert("L") for _ in range(12)]
     plain = [synth.patch(rng, False).convert("L") for _ in range(20)]
 
     def probs(imgs):
-        return predict.predict_proba(model, np.stack([imaging.resize(i, 48) for i in imgs]), 64)
+        return model.predict(np.stack([imaging.resize(i, 48) for i in imgs]), 64)
 
     crack = [i for i, p in zip(crack, probs(crack)) if p > 0.6]
     plain = [i for i, p in zip(plain, probs(plain)) if p < 0.495]
@@ -150,7 +150,7 @@ def test_tiles_mark_where_the_cracks_are(photo_patches, tiny_model_path, tmp_pat
     exif_rotated_jpeg(upright, tmp_path / "rotated.jpg")
     assert imaging.open_gray(tmp_path / "rotated.jpg").size == (908, 681)
 
-    model = predict.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path)
     errors = []
     preds = list(predict.predict_files(model, [tmp_path / "photo.png", tmp_path / "rotated.jpg"], 0.5,
                                        227, 227, 256, errors.append, previews=2))
@@ -164,11 +164,11 @@ def test_tiles_mark_where_the_cracks_are(photo_patches, tiny_model_path, tmp_pat
     # A tile is exactly the patch pasted there, resized like preprocess does.
     r, c = sorted(CRACKS)[0]
     tile = upright.crop((c * 227, r * 227, c * 227 + 227, r * 227 + 227))
-    alone = predict.predict_proba(model, imaging.resize(tile, 48)[None], 1)[0]
+    alone = model.predict(imaging.resize(tile, 48)[None], 1)[0]
     assert preds[0].tile_probs[r, c] == pytest.approx(alone, abs=1e-6)
 
     plot = tmp_path / "map.png"
-    predict.plot_predictions(preds[:1], plot, 0.5)
+    plots.plot_predictions(preds[:1], plot, 0.5)
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.width == 1000 and img.height > 700
 
@@ -185,7 +185,7 @@ def test_small_and_odd_images_are_one_patch(tiny_model_path, tmp_path):
     rng = np.random.default_rng(5)
     synth.patch(rng, True).resize((300, 260)).save(tmp_path / "crop.bmp")
     synth.patch(rng, False).save(tmp_path / "scan.tif")
-    model = predict.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path)
     preds = list(predict.predict_files(model, [tmp_path / "crop.bmp", tmp_path / "scan.tif"], 0.5,
                                        227, 227, 256, pytest.fail))
     assert [(p.tiles, p.tile_probs) for p in preds] == [(1, None), (1, None)]
@@ -204,7 +204,7 @@ def test_json_output_and_plot_through_the_cli(mixed_folder, tiny_model_path, tmp
     assert list(rows[0]) == ["path", "probability", "label", "tiles", "crack_tiles"]
     assert isinstance(rows[0]["probability"], float) and rows[2]["tiles"] == 12
     with Image.open(plot) as img:
-        assert img.format == "PNG" and img.size == predict.grid_pixels(3, 2)
+        assert img.format == "PNG" and img.size == plots.grid_pixels(3, 2)
     assert capsys.readouterr().out == ""  # rows went to the file, not stdout
 
 
@@ -212,13 +212,13 @@ def test_threshold_file_beside_the_model(tiny_model_path, tmp_path):
     model = tmp_path / "model.keras"
     model.write_bytes(tiny_model_path.read_bytes())
     warnings = []
-    assert predict.default_threshold(model, warnings.append) == 0.5  # none written yet
+    assert inference.default_threshold(model, warnings.append) == 0.5  # none written yet
     info = {"threshold": 0.62, "model_sha256": files.sha256(model)}
     (tmp_path / "threshold.json").write_text(json.dumps(info))
-    assert predict.default_threshold(model, warnings.append) == 0.62
+    assert inference.default_threshold(model, warnings.append) == 0.62
     assert warnings == []
     (tmp_path / "threshold.json").write_text(json.dumps({**info, "model_sha256": "0" * 64}))
-    assert predict.default_threshold(model, warnings.append) == 0.5  # stale: for another model
+    assert inference.default_threshold(model, warnings.append) == 0.5  # stale: for another model
     assert len(warnings) == 1 and "another model" in warnings[0]
 
 
@@ -238,7 +238,7 @@ def test_examples_png_and_csv(prepared_dir, tiny_model_path, tmp_path):
     assert (tmp_path / "ex.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(tmp_path / "ex.png") as img:
         img.load()
-        assert img.size == predict.grid_pixels(2 * k, k, title=True)
+        assert img.size == plots.grid_pixels(2 * k, k, title=True)
         assert np.asarray(img.convert("L")).std() > 20  # pictures were drawn, not a blank page
 
 
@@ -263,14 +263,14 @@ def test_examples_from_predict_images(mixed_folder, tiny_model_path, tmp_path):
     assert [Path(r["path"]).name for r in rows] == ["n1.JPG", "c1.jpg", "photo.png"]
     assert rows[2]["tiles"] == "12"
     with Image.open(tmp_path / "ex.png") as img:
-        assert img.size == predict.grid_pixels(3, params.predict.examples_per_class, title=True)
-    assert [predict.truth_from_path(r["path"]) for r in rows] == [0, 1, None]
+        assert img.size == plots.grid_pixels(3, params.predict.examples_per_class, title=True)
+    assert [dataset.class_of(Path(r["path"]).as_posix()) for r in rows] == [0, 1, None]
 
 
 def test_examples_use_the_stride_given(mixed_folder, tiny_model_path, tmp_path):
     params = config.parse({**synth.TINY_PARAMS, "predict": {"images": [str(mixed_folder / "photo.png")]}})
-    model = predict.load_model(tiny_model_path)
-    (photo,) = predict.examples(params, tmp_path, model, 0.5, 113, print)
+    model = inference.load_model(tiny_model_path)
+    (photo,) = predict.examples(params, tmp_path, model, 0.5, 113)
     assert photo.tiles == 5 * 7  # 908x681 in 227 px tiles every 113 px
 
 
@@ -280,7 +280,7 @@ def test_examples_refuse_images_of_another_size(tiny_model_path, tmp_path):
     data = write_prepared(tmp_path / "prepared", n_per_class=5, size=32)
     params = config.parse(synth.TINY_PARAMS)
     with pytest.raises(CrackclfError, match="images are 32 px but the model takes 48 px"):
-        predict.examples(params, data, predict.load_model(tiny_model_path), 0.5, 227, print)
+        predict.examples(params, data, inference.load_model(tiny_model_path), 0.5, 227)
 
 
 def test_decoding_closes_its_files(tmp_path):

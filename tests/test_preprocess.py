@@ -319,3 +319,21 @@ def test_cli_runs_the_stage_and_rejects_bad_params(small_raw, tmp_path, capsys):
     with pytest.raises(config.ConfigError):
         config.parse({"preprocess": {"val_fraction": 0.5, "test_fraction": 0.45}})
     assert config.parse({"download": {"max_unpacked_mb": 3}}).download.max_unpacked_bytes == 3 << 20
+
+
+def test_progress_in_a_log_is_plain_lines_against_the_archives_count(small, small_raw, tmp_path, capsys,
+                                                                      monkeypatch):
+    from crackclf import progress
+
+    monkeypatch.setattr(progress, "enabled", True)
+    monkeypatch.setattr(progress, "MIN_GAP", 0)
+    monkeypatch.setenv(progress.INTERVAL_ENV, "1e-9")  # a line on every file
+    run(small_raw, tmp_path / "zip")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("preprocess: 20/40 files (50%), ") and ", ETA " in line for line in lines), err
+    assert any(line.startswith("preprocess: 40 files in 0:0") for line in lines), err
+    rar = archives.write_rar(tmp_path / "d.rar", archives.members(small, "data/"), version=5, kind="solid")
+    assert preprocess._expected_files(rar) == 40
+    assert preprocess._expected_files(small) is None  # a folder: no index to count cheaply

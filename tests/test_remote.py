@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import synth
-from crackclf import config, dataset, evaluate, predict, train
+from crackclf import config, dataset, evaluate, inference, train
 from crackclf.files import sha256
 from mlflow_server import RestAPI, mlflow_server, tracking_to
 from workspace import make_workspace, merge, run
@@ -53,9 +53,9 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
 
         # The champion comes back through the server and predicts like the file the stage wrote.
         x = np.asarray(dataset.load_split(prepared_dir, "test")[0][:16], np.float32)
-        champion = predict.load_model("models:/crackclf@champion")  # what `crackclf predict --model` loads
+        champion = inference.load_model("models:/crackclf@champion")  # what `crackclf predict --model` loads
         written = keras.saving.load_model(out["model"])
-        np.testing.assert_allclose(champion.predict(x, verbose=0), written.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(champion.net.predict(x, verbose=0), written.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
 
     # The files are in the server's artifact store and nothing MLflow went into the workspace.
     assert list((server_root / "artifacts").rglob("MLmodel")) and list((server_root / "artifacts").rglob("roc.png"))

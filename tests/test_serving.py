@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 import synth
-from crackclf import config, evaluate, imaging, predict, train
+from crackclf import config, evaluate, imaging, inference, predict, train
 from mlflow_server import models_serve, tracking_to
 
 pytestmark = pytest.mark.slow
@@ -53,8 +53,8 @@ def served(store, tmp_path_factory):
 
 def test_served_champion_answers_like_crackclf_predict(served, store, images):
     with tracking_to(store):
-        model = predict.load_model(MODEL_URI)  # what `crackclf predict --model models:/crackclf@champion` loads
-        size = predict.input_size(model)
+        model = inference.load_model(MODEL_URI)  # what `crackclf predict --model models:/crackclf@champion` loads
+        size = model.size
         expected = [p.probability for p in predict.predict_files(
             model, images, 0.5, tile_size=227, stride=227, batch_size=64, on_error=pytest.fail)]
     assert len(expected) == len(images)

@@ -7,11 +7,9 @@ import copy
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import keras
@@ -21,7 +19,7 @@ import pytest
 import yaml
 
 import synth
-from crackclf import CrackclfError, config, dataset, train
+from crackclf import CrackclfError, batches, checkpoint, config, dataset, devices, train
 from crackclf.config import ConfigError
 from mlflow_server import tracking_to
 from workspace import crackclf
@@ -180,10 +178,10 @@ def test_interrupted_run_resumes_where_it_stopped(prepared_dir, store, tmp_path)
         train_run(params, prepared_dir, tmp_path / "cut", store, callbacks=[_InterruptAfter(3)])
     paths = outputs(tmp_path / "cut")
     assert not paths["model_path"].exists() and not paths["run_file"].exists()
-    checkpoint = paths["model_path"].parent / ".model.keras.checkpoint"
-    assert (checkpoint / "epoch-0003" / "state.json").exists()
+    kept = paths["model_path"].parent / ".model.keras.checkpoint"
+    assert (kept / "epoch-0003" / "state.json").exists()
     client = mlflow.MlflowClient(tracking_uri=store)
-    cut_run = client.get_run(json.loads((checkpoint / "epoch-0003" / "state.json").read_text())["run_id"])
+    cut_run = client.get_run(json.loads((kept / "epoch-0003" / "state.json").read_text())["run_id"])
     assert cut_run.info.status == "FAILED"
     assert [p.step for p in client.get_metric_history(cut_run.info.run_id, "val_loss")] == [1, 2, 3]
 
@@ -191,7 +189,7 @@ def test_interrupted_run_resumes_where_it_stopped(prepared_dir, store, tmp_path)
     resumed = train_run(params, prepared_dir, tmp_path / "cut", store, callbacks=[epochs])
     assert epochs.seen == [4, 5]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4, 5]
-    assert not checkpoint.exists()
+    assert not kept.exists()
     run = client.get_run(resumed["run"]["run_id"])
     assert run.data.tags["resumed_from_run"] == cut_run.info.run_id
     assert [p.step for p in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4, 5]
@@ -224,14 +222,14 @@ def test_resume_after_early_stopping_trains_no_more(prepared_dir, store, tmp_pat
 
 def test_interrupt_while_saving_reports_the_saved_epochs(prepared_dir, store, tmp_path, monkeypatch, capsys):
     """Epoch 2 is in the history but not yet in the checkpoint: only epoch 1 is kept."""
-    save = train.Checkpoint.save
+    save = checkpoint.Checkpoint.save
 
     def save_then_cut(self, model, state, best_weights):
         if len(state["history"]) == 2:
             raise KeyboardInterrupt
         save(self, model, state, best_weights)
 
-    monkeypatch.setattr(train.Checkpoint, "save", save_then_cut)
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", save_then_cut)
     with pytest.raises(KeyboardInterrupt):
         train_run(params_with(epochs=3), prepared_dir, tmp_path, store)
     assert "interrupted: epochs 1-1 are kept" in capsys.readouterr().err
@@ -239,7 +237,7 @@ def test_interrupt_while_saving_reports_the_saved_epochs(prepared_dir, store, tm
 
 def test_precision_policy_is_restored_on_error(prepared_dir, tmp_path, monkeypatch):
     before = keras.mixed_precision.global_policy().name
-    monkeypatch.setattr(train, "_fingerprint", lambda *args: 1 / 0)
+    monkeypatch.setattr(train, "fingerprint", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train.run(params_with(mixed_precision="on"), prepared_dir, **outputs(tmp_path))
     assert keras.mixed_precision.global_policy().name == before
@@ -249,9 +247,9 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     model = params_with()
     net = train.compile_model(train.build_model(model.train, 48), model.train)
     history = [{"epoch": 1, "loss": 0.5, "train_s": 1.0, "epoch_s": 1.0}]
-    train.Checkpoint(tmp_path / "model.keras", "params-a").save(net, {"history": history}, None)
-    assert train.Checkpoint(tmp_path / "model.keras", "params-a").load()["history"] == history
-    assert train.Checkpoint(tmp_path / "model.keras", "params-b").load() is None
+    checkpoint.Checkpoint(tmp_path / "model.keras", "params-a").save(net, {"history": history}, None)
+    assert checkpoint.Checkpoint(tmp_path / "model.keras", "params-a").load()["history"] == history
+    assert checkpoint.Checkpoint(tmp_path / "model.keras", "params-b").load() is None
     assert not (tmp_path / ".model.keras.checkpoint").exists()
 
 
@@ -295,8 +293,8 @@ def test_data_of_another_size_is_refused(prepared_dir, tmp_path):
 def test_distribution_needs_tensorflow(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ConfigError, match="train.distribute: 'mirrored' needs the TensorFlow backend"):
-        train._strategy("mirrored")
-    assert train._strategy("auto") is None and train._strategy("none") is None
+        devices.strategy("mirrored")
+    assert devices.strategy("auto") is None and devices.strategy("none") is None
 
 
 @pytest.mark.parametrize("mode", ["multi_worker", "auto"])
@@ -304,7 +302,7 @@ def test_multi_host_is_refused_clearly(monkeypatch, mode):
     cluster = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     with pytest.raises(ConfigError, match="keras-team/keras#20585"):
-        train._strategy(mode)
+        devices.strategy(mode)
 
 
 @pytest.mark.parametrize(
@@ -320,92 +318,27 @@ def test_multi_host_is_refused_clearly(monkeypatch, mode):
 def test_mixed_precision_policy(mode, gpus, policy):
     before = keras.mixed_precision.global_policy()
     try:
-        assert train._set_precision(mode, gpus) == policy
+        assert devices.set_precision(mode, gpus) == policy
         assert keras.mixed_precision.global_policy().name == policy
     finally:
         keras.mixed_precision.set_global_policy(before)
 
 
-def test_repeated_sigterm_cannot_cut_short_the_cleanup():
-    """A scheduler's second SIGTERM, or dvc dying on top of the first: one interrupt, then quiet."""
-    cleaned = False
-    with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(10000):  # the handler runs between bytecodes
-                pass
-        finally:  # where train ends the MLflow run
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(10000):
-                pass
-            cleaned = True
-    assert cleaned
-
-
-# A stand-in for dvc: runs the stage command through dash (which does not exec it) with DVC_STAGE set.
-FAKE_DVC = textwrap.dedent("""
-    import os, subprocess, sys, time
-    env = dict(os.environ, DVC_STAGE="train")
-    subprocess.Popen(["/bin/dash", "-c", f"{sys.executable} -c '{sys.argv[1]}' > {sys.argv[2]}"], env=env)
-    time.sleep(600)
-""")
-STAGE = "; ".join([
-    "import signal, sys, time",
-    "from crackclf import train",
-    "stopped = []",
-    "signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))",
-    "train._stop_with_dvc()",
-    "print(train._dvc_process(), flush=True)",
-    "deadline = time.monotonic() + 120",
-    "exec(\"while not stopped and time.monotonic() < deadline: time.sleep(0.01)\")",
-    "print(\"stopped\" if stopped else \"still running\", flush=True)",
-])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches dvc through /proc and a pidfd")
-def test_training_stops_when_dvc_dies_behind_a_waiting_shell(tmp_path):
-    out = tmp_path / "stage.out"
-    dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, STAGE, str(out)])
-    try:
-        deadline = time.monotonic() + 120
-        while not out.exists() or not out.read_text().strip():
-            assert dvc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        assert int(out.read_text().split()[0]) == dvc.pid  # dvc, not the shell between
-        dvc.terminate()
-        dvc.wait(10)
-        while len(out.read_text().split()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert out.read_text().split()[1] == "stopped"
-    finally:
-        dvc.kill()
-
-
-def test_sigterm_unwinds_like_ctrl_c():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), train._sigterm_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):  # the handler runs between bytecodes
-            pass
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
 def test_array_batches_reshuffle_per_epoch_and_resume_alike():
     x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
     y = np.arange(10) % 2
-    batches = train.ArrayBatches(x, y, batch_size=4, seed=7)
+    data = batches.ArrayBatches(x, y, batch_size=4, seed=7)
     orders = []
     for _ in range(3):
-        batches.on_epoch_begin()
-        seen = np.concatenate([batches[i][0].ravel() for i in range(len(batches))])
-        assert sorted(seen) == list(range(10)) and len(batches) == 3
-        orders.append(batches.order.tolist())
-        batches.on_epoch_end()
+        data.on_epoch_begin()
+        seen = np.concatenate([data[i][0].ravel() for i in range(len(data))])
+        assert sorted(seen) == list(range(10)) and len(data) == 3
+        orders.append(data.order.tolist())
+        data.on_epoch_end()
     assert orders[0] != orders[1] != orders[2]
-    resumed = train.ArrayBatches(x, y, batch_size=4, seed=7, first_epoch=2)
+    resumed = batches.ArrayBatches(x, y, batch_size=4, seed=7, first_epoch=2)
     assert resumed.order.tolist() == orders[2]
-    assert train.ArrayBatches(x, y, batch_size=4).order.tolist() == list(range(10))
+    assert batches.ArrayBatches(x, y, batch_size=4).order.tolist() == list(range(10))
 
 
 def test_tf_epochs_depend_only_on_seed_and_epoch():
@@ -413,7 +346,7 @@ def test_tf_epochs_depend_only_on_seed_and_epoch():
     y = np.zeros(12, np.float32)
 
     def epochs(first):
-        ds = train.tf_train_dataset(x, y, batch_size=5, seed=3, epochs=range(first, 4))
+        ds = batches.tf_train_dataset(x, y, batch_size=5, seed=3, epochs=range(first, 4))
         flat = np.concatenate([b[0].numpy().ravel() for b in ds])
         return flat.reshape(-1, 12).tolist()
 
@@ -471,9 +404,9 @@ def test_an_unreachable_tracking_server_stops_training_before_any_work(tmp_path)
 def test_a_checkpoint_belongs_to_one_precision_policy(prepared_dir):
     """Mixed float16 wraps Adam in a loss-scale optimizer: its state would not restore into float32."""
     params = params_with()
-    prints = {policy: train._fingerprint(params, prepared_dir, policy) for policy in ("float32", "mixed_float16")}
+    prints = {policy: checkpoint.fingerprint(params, prepared_dir, policy) for policy in ("float32", "mixed_float16")}
     assert prints["float32"] != prints["mixed_float16"]
-    assert prints["float32"] == train._fingerprint(params, prepared_dir, "float32")
+    assert prints["float32"] == checkpoint.fingerprint(params, prepared_dir, "float32")
 
 
 def test_speed_leaves_out_the_first_epoch_of_this_try_not_of_the_run():

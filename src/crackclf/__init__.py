@@ -29,7 +29,25 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def say(message: str) -> None:
+    """A progress or status line: stderr, so stdout stays the command's data (predict's rows)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message: libraries' multi-line errors as one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class CrackclfError(Exception):
-    """An error the user can fix; the CLI prints it as one line and exits with ``exit_code``."""
+    """The work failed on its inputs (an unreadable image, a failed download, an unreachable
+    store): the CLI prints the message as one line and exits with ``exit_code`` (1)."""
 
     exit_code = 1
+
+
+class UsageError(CrackclfError):
+    """Bad usage or params: wrong arguments, a missing model file, a bad params.yaml (exit 2)."""
+
+    exit_code = 2

@@ -28,11 +28,12 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from crackclf import CrackclfError
-from crackclf.dataset import CLASS_FOLDERS
+from crackclf.dataset import CLASS_FOLDERS, class_of
+from crackclf.files import walk_files
 
 MAX_NESTING = 3  # archive levels: Mendeley's zip -> RAR is 2
 HEAD_BYTES = 512  # enough for every signature below (tar's sits at offset 257)
@@ -57,15 +58,6 @@ _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 class ArchiveError(CrackclfError):
     """An archive that is unsafe, unreadable, or holds no class folders."""
-
-
-def class_of(name: str) -> int | None:
-    """Label of an archive member from its nearest class folder, or None if it sits in none."""
-    for part in reversed(PurePosixPath(name).parts[:-1]):
-        label = CLASS_FOLDERS.get(part.lower())
-        if label is not None:
-            return label
-    return None
 
 
 def detect_format(head: bytes) -> str | None:
@@ -396,29 +388,6 @@ def _is_tar(path: Path) -> bool:
             return tf.next() is not None
     except _TAR_ERRORS:
         return False
-
-
-def walk_files(root: Path, prune: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
-    """Files under ``root`` in sorted order, following folder links once (no cycles); folders whose
-    name ``prune`` accepts are left out."""
-    seen: set[tuple[int, int]] = set()
-
-    def walk(folder: Path) -> Iterator[Path]:
-        st = folder.stat()
-        if (st.st_dev, st.st_ino) in seen:
-            return
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.is_dir():
-                if not prune(entry.name):
-                    yield from walk(path)
-            elif entry.is_file():
-                yield path
-
-    yield from walk(root)
 
 
 @dataclass(frozen=True)

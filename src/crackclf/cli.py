@@ -12,14 +12,20 @@ import os
 import sys
 from pathlib import Path
 
-from crackclf import CrackclfError, __version__, quiet_import
+from crackclf import CrackclfError, __version__, process, quiet_import
 
 DESCRIPTION = """\
 Concrete crack classification: download the public dataset, preprocess it,
 train the reference CNN, evaluate it and predict on your own photos.
 `dvc repro` runs the stages in order; each can also be run by hand."""
 
-EPILOG = "Settings live in params.yaml (see README). Exit codes: 0 ok, 1 error, 2 bad usage or params."
+EPILOG = """\
+Settings live in params.yaml (see README).
+Exit codes of every command:
+  0    done
+  1    the work failed on its data: an unreadable image, a failed download, an MLflow store unreachable while needed
+  2    bad usage or params: a wrong argument, a missing model file, a bad params.yaml
+  130  interrupted (Ctrl-C, SIGTERM, dvc killed): nothing half-written is kept"""
 
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -33,6 +39,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _fill_text(self, text, width, indent):
+        """Wraps each line on its own, so the exit-code table keeps its lines."""
+        return "\n".join(super(_HelpFormatter, self)._fill_text(line, width, indent) for line in text.splitlines())
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -41,12 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"settings file (default: {DEFAULT_PARAMS}; predict outside a project: built-in defaults if there is none)",
     )
     fmt = _HelpFormatter
-    p = argparse.ArgumentParser(prog="crackclf", description=DESCRIPTION, epilog=EPILOG)
+    sub_kw = {"parents": [common], "formatter_class": fmt, "epilog": EPILOG}
+    p = argparse.ArgumentParser(prog="crackclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"crackclf {__version__}")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
     s = sub.add_parser(
-        "download", parents=[common], formatter_class=fmt,
+        "download", **sub_kw,
         help="fetch and verify the dataset archive",
         description="Fetch download.url (https://, file:// or a local archive or folder) into OUT_DIR: "
         "streamed with a progress bar, resumed after an interruption, checked against download.sha256, "
@@ -55,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", type=Path, nargs="?", default=Path("data/raw"), help="where the archive goes")
 
     s = sub.add_parser(
-        "preprocess", parents=[common], formatter_class=fmt,
+        "preprocess", **sub_kw,
         help="decode, de-duplicate and split the images into arrays",
         description="Read every image of the archive in RAW_DIR, drop byte-identical duplicates and unreadable "
         "files, convert to grayscale preprocess.image_size squares, and write a stratified "
@@ -66,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", type=Path, default=Path("metrics/data.json"), help="counts per class and split")
 
     s = sub.add_parser(
-        "train", parents=[common], formatter_class=fmt,
+        "train", **sub_kw,
         help="train the CNN and log the run to MLflow",
         description="Train the reference CNN (train.* in params.yaml) on the prepared splits, on the GPU "
         "when there is one; log params, per-epoch metrics, device and model to MLflow "
@@ -80,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="ignore the checkpoint of an interrupted run")
 
     s = sub.add_parser(
-        "evaluate", parents=[common], formatter_class=fmt,
+        "evaluate", **sub_kw,
         help="test-set metrics, plots, and the champion alias",
         description="Score the model on the test split: metrics JSON, ROC / PR / confusion plots, the worst "
         "mistakes; log them to the training's MLflow run and promote the model to @champion when "
@@ -95,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-file", type=Path, default=Path("models/mlflow_run.json"), help="MLflow run id")
 
     s = sub.add_parser(
-        "predict", parents=[common], formatter_class=fmt,
+        "predict", **sub_kw,
         help="crack probability for your own images",
         description="Predict crack / no crack for image files and folders (searched recursively). "
         "Photos at least twice the patch size are cut into tiles; each row then gives the tile count, "
@@ -125,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             params = config.load(args.params or DEFAULT_PARAMS)
         stage = quiet_import(f"crackclf.{args.stage}")  # train's imports Keras; evaluate and predict load it late
-        return int(stage.main(args, params) or 0)
+        with process.stoppable() as stop:
+            return int(stage.main(args, params, stop) or 0)
     except CrackclfError as err:
         print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)
         return err.exit_code

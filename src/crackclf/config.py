@@ -12,13 +12,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crackclf import CrackclfError
+from crackclf import UsageError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class ConfigError(CrackclfError):
+class ConfigError(UsageError):
     """A bad params.yaml: the message is one line that names the key."""
 
     exit_code = 2

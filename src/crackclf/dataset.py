@@ -9,7 +9,7 @@ Plain .npy files load memory-mapped, so a split never has to fit in memory twice
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -18,6 +18,15 @@ from crackclf import CrackclfError
 SPLITS = ("train", "val", "test")
 CLASS_FOLDERS = {"negative": 0, "positive": 1}  # folder name, lower-cased -> label
 LABEL_NAMES = ("no_crack", "crack")
+
+
+def class_of(name: str) -> int | None:
+    """Label of a file (an archive member's or a path's posix name) from its nearest class folder, or None."""
+    for part in reversed(PurePosixPath(name).parts[:-1]):
+        label = CLASS_FOLDERS.get(part.lower())
+        if label is not None:
+            return label
+    return None
 
 
 def images_path(data_dir: str | Path, split: str) -> Path:

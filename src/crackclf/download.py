@@ -5,7 +5,7 @@ of an output, so a folder of tens of thousands of small files makes every
 ``dvc status`` and ``dvc repro`` slow (treeverse/dvc#7607); one file costs
 nothing (figures in the README). Preprocess reads the images straight from it.
 
-``download.url`` may be https:// or http:// (streamed with a progress bar,
+``download.url`` may be https:// or http:// (streamed with progress shown,
 retried with exponential backoff, resumed with a Range request after an
 interruption), file:// or a plain path to an archive (copied), or a path to a
 folder holding Positive/ and Negative/ (packed into a byte-reproducible
@@ -31,8 +31,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
-from crackclf import CrackclfError, __version__, archive, files
+from crackclf import CrackclfError, __version__, archive, files, progress as _progress
 from crackclf.files import atomic_dir
+from crackclf.process import StopRequest
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection; the read timeout is download.timeout
 MAX_BACKOFF = 60.0
@@ -58,7 +59,8 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
              progress: bool | None = None) -> Result:
     """Fetch ``url`` into ``out_dir`` (replacing it) as one verified archive.
 
-    ``progress``: None shows bars only when stderr is a terminal. ``backoff`` is
+    ``progress``: None or True shows it (a bar on a terminal, a line every few seconds in a
+    log; None also obeys ``crackclf.progress.enabled``), False hides it. ``backoff`` is
     the first retry's wait in seconds; it doubles per retry (at most 60 s).
     """
     out_dir = Path(out_dir)
@@ -85,7 +87,7 @@ def download(url: str, out_dir: str | Path, *, sha256: str | None = None, timeou
     return Result(out_dir / result.path.name, result.summary, result.sha256)
 
 
-def main(args, params) -> int:
+def main(args, params, stop: StopRequest | None = None) -> int:
     p = params.download
     result = download(p.url, args.out_dir, sha256=p.sha256, timeout=p.timeout, retries=p.retries,
                       max_unpacked_bytes=p.max_unpacked_bytes)
@@ -121,9 +123,7 @@ def _finish(fetched: Path, source_name: str | None, url: str, staging: Path, sha
 
 
 def _verify(path: Path, url: str, max_unpacked_bytes: int, progress: bool | None) -> archive.Summary:
-    from tqdm import tqdm
-
-    with tqdm(desc="verify", unit=" files", file=sys.stderr, disable=_quiet(progress), leave=False) as bar:
+    with _progress.Progress(desc="verify", unit="files", disable=_quiet(progress), leave=False) as bar:
         try:
             return archive.summarize(path, max_unpacked_bytes, on_member=lambda _: bar.update())
         except archive.ArchiveError as err:
@@ -152,7 +152,7 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 
 
 def _quiet(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress  # tqdm: None = only on a terminal
+    return None if progress is None else not progress  # Progress(disable=None): the module's switch decides
 
 
 # --- local sources ------------------------------------------------------------------------------------
@@ -181,10 +181,8 @@ def _local_path(url: str) -> Path | None:
 
 def _pack_folder(folder: Path, dest: Path, max_unpacked_bytes: int, progress: bool | None) -> Path:
     """Pack the class folders into one zip: stored (JPEGs do not compress), sorted, fixed timestamps."""
-    from tqdm import tqdm
-
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf, \
-            tqdm(desc=f"pack {folder}", unit=" files", file=sys.stderr, disable=_quiet(progress)) as bar:
+            _progress.Progress(desc=f"pack {folder}", unit="files", disable=_quiet(progress)) as bar:
         for name, _label, data in archive.iter_images(folder, max_unpacked_bytes):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.create_system = 3  # Unix, wherever it was packed
@@ -273,7 +271,6 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
     """
     import requests
     import urllib3
-    from tqdm import tqdm
 
     headers = {}
     if have and meta:
@@ -318,9 +315,9 @@ def _one_try(session, url: str, part: Path, meta_path: Path, meta: dict | None, 
             if total is not None and total > max_bytes:
                 _discard(part, meta_path)
                 raise too_big
-            with open(part, mode) as f, tqdm(desc=meta.get("name") or "download", total=total, initial=have,
-                                             unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                                             disable=_quiet(progress), leave=False) as bar:
+            with open(part, mode) as f, _progress.Progress(total, f"download {meta.get('name') or ''}".strip(), "MB",
+                                                           scale=1e-6, initial=have, disable=_quiet(progress),
+                                                           leave=False) as bar:
                 # read1 hands over what has arrived, so a dropped connection loses nothing already received
                 while chunk := r.raw.read1(_CHUNK, decode_content=True):
                     f.write(chunk)
@@ -414,6 +411,4 @@ def _discard(part: Path, meta_path: Path) -> None:
 
 
 def _say(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"crackclf download: {message}", file=sys.stderr)
+    _progress.write(f"crackclf download: {message}", file=sys.stderr)

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, dataset, predict
+from crackclf import CrackclfError, dataset, first_line
 from crackclf.files import sha256, write_csv, write_json
+from crackclf.inference import Model, load_model, patch_prediction
+from crackclf.plots import plot_predictions, save_figure
+from crackclf.process import StopRequest
 
 MAX_CURVE_POINTS = 500  # per curve file: enough for a smooth plot, small enough for dvc plots
 CHAMPION = "champion"
@@ -112,12 +115,12 @@ def _r(value) -> float:
 
 # --- the stage ------------------------------------------------------------------------------
 
-def choose_threshold(setting, data_dir: Path, model, size: int, batch_size: int) -> dict:
+def choose_threshold(setting, data_dir: Path, model: Model, batch_size: int) -> dict:
     """The threshold and how it was chosen; ``auto`` looks at the validation split only."""
     if setting != "auto":
         return {"threshold": float(setting), "chosen_by": "evaluate.threshold"}
-    x_val, y_val = dataset.load_split(data_dir, "val", size=size)
-    threshold, f1 = best_f1_threshold(y_val, predict.predict_proba(model, x_val, batch_size, progress=True))
+    x_val, y_val = dataset.load_split(data_dir, "val", size=model.size)
+    threshold, f1 = best_f1_threshold(y_val, model.predict(x_val, batch_size, progress=True))
     return {"threshold": threshold, "chosen_by": "auto: F1-best on the validation split",
             "val_f1": round(f1, 6), "n_val": len(y_val)}
 
@@ -128,30 +131,36 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
     plots_dir, threshold_path = Path(plots_dir), Path(threshold_path)
     cfg = params.evaluate
 
-    model = predict.load_model(model_path)
-    size = predict.input_size(model)
-    x_test, y_test = dataset.load_split(data_dir, "test", size=size)
+    model = load_model(model_path)
+    x_test, y_test = dataset.load_split(data_dir, "test", size=model.size)
     if len(y_test) == 0:
         raise CrackclfError(f"{data_dir}: the test split is empty (preprocess.test_fraction is 0)")
-    chosen = choose_threshold(cfg.threshold, data_dir, model, size, cfg.batch_size)
+    chosen = choose_threshold(cfg.threshold, data_dir, model, cfg.batch_size)
     threshold = chosen["threshold"]
-    probs = predict.predict_proba(model, x_test, cfg.batch_size, progress=True)
+    probs = model.predict(x_test, cfg.batch_size, progress=True)
     metrics = compute_metrics(y_test, probs, threshold)
     files = [r["file"] for r in dataset.read_manifest(data_dir, "test")]
 
     write_plots(plots_dir, y_test, probs, files, x_test, cfg.worst_examples, metrics)
-    threshold_info = {**chosen, "image_size": size, "model": str(model_path),
+    threshold_info = {**chosen, "image_size": model.size, "model": str(model_path),
                       "model_sha256": sha256(model_path)}
     write_json(threshold_path, threshold_info)
     write_json(metrics_path, metrics)
 
     print(summary(metrics, chosen))
+    if not Path(run_file).is_file():  # a model trained outside tracking: nothing to update
+        print(f"crackclf evaluate: MLflow not updated (no run file {run_file}: train did not log); "
+              f"metrics written to {metrics_path}", file=sys.stderr)
+        return metrics
+    from mlflow.exceptions import MlflowException
+
+    from crackclf.tracking import TrackingError
+
     try:
         print(log_to_mlflow(run_file, metrics, chosen, test_set_id(data_dir),
                             [plots_dir / n for n in PLOT_FILES + CSV_FILES] + [threshold_path, metrics_path]))
-    except Exception as err:  # noqa: BLE001 - tracking is a side channel: the metrics files stand
-        print(f"crackclf evaluate: MLflow not updated ({predict.first_line(err)}); "
-              f"metrics written to {metrics_path}", file=sys.stderr)
+    except (TrackingError, MlflowException) as err:  # the files stand; the champion must not go stale unseen
+        raise TrackingError(f"MLflow not updated ({first_line(err)}); metrics written to {metrics_path}") from None
     return metrics
 
 
@@ -202,7 +211,7 @@ def _plot_confusion(path: Path, metrics: dict) -> None:
     ax.set_title(f"Test confusion matrix (threshold {metrics['threshold']:.3f})\n"
                  f"accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}", fontsize=10)
     fig.tight_layout()
-    predict.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_curve(path: Path, rows: list[dict], x: str, y: str, metrics: dict, title: str, legend: str) -> None:
@@ -229,7 +238,7 @@ def _plot_curve(path: Path, rows: list[dict], x: str, y: str, metrics: dict, tit
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if x == "fpr" else "lower left", fontsize=8)
     fig.tight_layout()
-    predict.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def worst_errors(y, probs, threshold: float, limit: int) -> np.ndarray:
@@ -242,12 +251,12 @@ def worst_errors(y, probs, threshold: float, limit: int) -> np.ndarray:
 
 def _plot_worst(path: Path, y, probs, files: list[str], images, limit: int, metrics: dict) -> None:
     threshold = metrics["threshold"]
-    preds = [predict.patch_prediction(files[i], probs[i], threshold, int(y[i]), images[i])
+    preds = [patch_prediction(files[i], probs[i], threshold, int(y[i]), images[i])
              for i in worst_errors(y, probs, threshold, limit)]
     n_wrong = metrics["fp"] + metrics["fn"]
     title = (f"{len(preds)} worst of {n_wrong} misclassified test images (threshold {threshold:.3f})"
              if n_wrong else f"no misclassified test images at threshold {threshold:.3f}")
-    predict.plot_predictions(preds, path, threshold, ncols=min(8, max(1, len(preds))), title=title)
+    plot_predictions(preds, path, threshold, ncols=min(8, max(1, len(preds))), title=title)
 
 
 # --- MLflow -----------------------------------------------------------------------------------
@@ -289,19 +298,21 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, test_set: str, files: l
     if not (name and version):
         return f"{where}: metrics logged; no registered model version, so no champion update"
     with tracking.store_lock(uri):  # two evaluations at once must not both beat the same old champion
-        decision = update_champion(client, name, str(version), metrics["f1"], test_set)
+        decision = update_champion(client, name, str(version), metrics["f1"], metrics.get("loss"), test_set)
     client.log_batch(run_id, tags=[RunTag(k, decision[k])
                                    for k in ("champion_previous_version", "champion_previous_f1", "promoted")])
     return f"{where}: metrics logged; {decision['message']}"
 
 
-def update_champion(client, name: str, version: str, f1: float, test_set: str) -> dict:
-    """Give ``version`` the champion alias if its test F1 beats the champion's; record the comparison.
+def update_champion(client, name: str, version: str, f1: float, loss: float | None, test_set: str) -> dict:
+    """Give ``version`` the champion alias if it beats the champion on the same test set; record why.
 
-    A champion with no recorded test F1 (set by hand, never evaluated) is
-    replaced: an unknown score cannot be shown to be better. F1s on different test
-    sets (``preprocess`` or ``seed`` changed) are not compared: the champion stays,
-    and the message says so, since a leakier split would otherwise win by its leak.
+    Better means a higher test F1, or an equal F1 with a lower test loss (log loss): once
+    F1 reaches 1.0 the loss still tells a surer model from a lucky one. A champion with
+    no recorded test F1 (set by hand, never evaluated) is replaced: an unknown score
+    cannot be shown to be better. Scores on different test sets (``preprocess`` or
+    ``seed`` changed) are not compared: the champion stays, and the message says so,
+    since a leakier split would otherwise win by its leak.
     """
     from mlflow.exceptions import MlflowException
 
@@ -312,24 +323,34 @@ def update_champion(client, name: str, version: str, f1: float, test_set: str) -
             raise
         champion = None
     client.set_model_version_tag(name, version, "test_f1", str(f1))
+    if loss is not None:
+        client.set_model_version_tag(name, version, "test_loss", str(loss))
     client.set_model_version_tag(name, version, "test_set", test_set)
     if champion is None:
         previous, previous_f1, promote = "none", None, True
         message = f"{name} version {version} is the first {CHAMPION} (test F1 {f1:.4f})"
     elif str(champion.version) == version:
-        previous, previous_f1, promote = version, _f1_of(client, champion), True
+        previous, previous_f1, promote = version, _score_of(client, champion, "f1"), True
         message = f"{name} version {version} stays {CHAMPION} (re-evaluated: test F1 {f1:.4f})"
     elif champion.tags.get("test_set", test_set) != test_set:
-        previous, previous_f1, promote = str(champion.version), _f1_of(client, champion), False
+        previous, previous_f1, promote = str(champion.version), _score_of(client, champion, "f1"), False
         message = (f"version {previous} stays {CHAMPION}: version {version} was tested on another test set "
-                   f"(preprocess or seed changed), so their F1s do not compare; move the alias by hand if wanted")
+                   f"(preprocess or seed changed), so their scores do not compare; move the alias by hand if wanted")
     else:
-        previous, previous_f1 = str(champion.version), _f1_of(client, champion)
-        promote = previous_f1 is None or f1 > previous_f1
+        previous, previous_f1 = str(champion.version), _score_of(client, champion, "f1")
+        previous_loss = _score_of(client, champion, "loss")
+        tie = previous_f1 is not None and f1 == previous_f1
+        by_loss = tie and loss is not None and previous_loss is not None
+        promote = previous_f1 is None or f1 > previous_f1 or (by_loss and loss < previous_loss)
         old = "unknown" if previous_f1 is None else f"{previous_f1:.4f}"
-        message = (f"{name} version {version} is the new {CHAMPION} (test F1 {f1:.4f} > {old} of version {previous})"
-                   if promote else
-                   f"version {previous} stays {CHAMPION} (test F1 {f1:.4f} of version {version} <= {old})")
+        if by_loss:
+            cmp = "<" if promote else ">="
+            why = f"test F1 {f1:.4f} equal, test loss {loss:.4f} {cmp} {previous_loss:.4f}"
+        else:
+            why = f"test F1 {f1:.4f} {'>' if promote else '<='} {old}"
+        message = (f"{name} version {version} is the new {CHAMPION} ({why} of version {previous})"
+                   if promote else f"version {previous} stays {CHAMPION} ({why} of version {previous}, "
+                   f"for version {version})")
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     decision = {
@@ -342,16 +363,16 @@ def update_champion(client, name: str, version: str, f1: float, test_set: str) -
     return {**decision, "message": message}
 
 
-def _f1_of(client, version) -> float | None:
-    """The champion's test F1: its version tag, else its run's test_f1 metric."""
-    if "test_f1" in version.tags:
-        return float(version.tags["test_f1"])
+def _score_of(client, version, metric: str) -> float | None:
+    """The champion's test score (``f1``, ``loss``): its version tag, else its run's ``test_`` metric."""
+    if f"test_{metric}" in version.tags:
+        return float(version.tags[f"test_{metric}"])
     if version.run_id:
-        value = client.get_run(version.run_id).data.metrics.get("test_f1")
+        value = client.get_run(version.run_id).data.metrics.get(f"test_{metric}")
         return None if value is None else float(value)
     return None
 
 
-def main(args, params) -> int:
+def main(args, params, stop: StopRequest | None = None) -> int:
     run(params, args.data_dir, args.model, args.metrics, args.plots_dir, args.threshold_file, args.run_file)
     return 0

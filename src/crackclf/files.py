@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -82,6 +82,29 @@ def sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in chunks: datasets and models need not fit in memory."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def walk_files(root: Path, prune: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """Files under ``root`` in sorted order, following folder links once (no cycles); folders whose
+    name ``prune`` accepts are left out."""
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: Path) -> Iterator[Path]:
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():
+                if not prune(entry.name):
+                    yield from walk(path)
+            elif entry.is_file():
+                yield path
+
+    yield from walk(root)
 
 
 def _clean_leftovers(path: Path, prefix: str, suffix: str = "", restore: bool = False) -> None:

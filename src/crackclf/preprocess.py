@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import re
 import signal
-import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -52,8 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, archive, dataset, imaging, usable_cpus
-from crackclf.files import atomic_dir, write_csv, write_json
+from crackclf import CrackclfError, archive, dataset, imaging, progress, usable_cpus
+from crackclf.files import atomic_dir, walk_files, write_csv, write_json
+from crackclf.process import StopRequest
 
 CHUNK_SIZE = 64  # images per worker task: amortises the IPC, still balances the workers
 CHUNK_BYTES = 4 << 20  # and at most this much decoded pixels per task (large image_size)
@@ -80,7 +80,7 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     return metrics
 
 
-def main(args, params) -> int:
+def main(args, params, stop: StopRequest | None = None) -> int:
     m = run(params, args.raw_dir, args.out_dir, args.metrics)
     counts = " / ".join(f"{s} {m['splits'][s]['total']:,}" for s in dataset.SPLITS)
     print(
@@ -103,7 +103,7 @@ def find_source(raw_dir: str | Path) -> Path:
         return raw_dir
     if not raw_dir.is_dir():
         raise CrackclfError(f"{raw_dir}: not found (run `crackclf download` or `dvc repro download` first)")
-    if any(archive.class_of(p.relative_to(raw_dir).as_posix()) is not None for p in archive.walk_files(raw_dir)):
+    if any(dataset.class_of(p.relative_to(raw_dir).as_posix()) is not None for p in walk_files(raw_dir)):
         return raw_dir  # walked as iter_images walks it: linked folders too
     entries = [p for p in sorted(raw_dir.iterdir()) if not p.name.startswith(".")]
     files = [p for p in entries if p.is_file()]
@@ -179,8 +179,6 @@ def read_and_decode(source: Path, max_unpacked_bytes: int, size: int, workers: i
 
     Byte-identical files are found by hash here, so a copy costs a hash, not a decode.
     """
-    from tqdm import tqdm
-
     read = Read(chunk_size=max(1, min(CHUNK_SIZE, CHUNK_BYTES // (size * size))))
     seen: dict[bytes, int] = {}
 
@@ -196,14 +194,36 @@ def read_and_decode(source: Path, max_unpacked_bytes: int, size: int, workers: i
                 yield data
             read.contents.append(content)
 
-    # Workers fork before the bar starts its monitor thread: forking a process with threads is fragile.
+    total = _expected_files(source)
+    # Workers fork before a terminal bar starts its monitor thread: forking a process with threads is fragile.
     with _Decoder(size, workers, read.chunk_size) as decoder, \
-            tqdm(desc="preprocess", unit=" files", file=sys.stderr) as bar:
+            progress.Progress(total, "preprocess", "files") as bar:
         for pixels, errors in decoder.map(_chunks(new_contents(bar), read.chunk_size)):
             base = len(read.chunks) * read.chunk_size
             read.errors.update((base + row, reason) for row, reason in errors)
             read.chunks.append(pixels)
     return read
+
+
+def _expected_files(source: Path) -> int | None:
+    """About how many files ``iter_images`` will yield, from a zip's or RAR's index (cheap: nothing is
+    decompressed); None for other sources. Only the progress ETA uses it: archives nested inside
+    are not counted, and a count that runs past it just shows no total."""
+    try:
+        fmt = archive.sniff(source) if source.is_file() else None
+        if fmt == "zip":
+            import zipfile
+
+            with zipfile.ZipFile(source) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        elif fmt == "rar":
+            names = [h.name for h in archive._rar_headers(source, str(source)) if not h.is_dir and h.link is None]
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a hint: the real read reports what is wrong with the archive
+        return None
+    names = [n.replace("\\", "/") for n in names]
+    return sum(dataset.class_of(n) is not None and not archive._skipped(n) for n in names) or None
 
 
 def _chunks(items: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
@@ -294,7 +314,7 @@ class _Decoder:
             try:
                 conn.send((slot, chunk))
             except OSError:  # broken pipe
-                raise RuntimeError(_WORKER_DIED) from None
+                raise CrackclfError(_WORKER_DIED) from None
             pending.append((slot, len(chunk), conn))
         while pending:
             yield self._collect(pending.popleft())
@@ -304,7 +324,7 @@ class _Decoder:
         try:
             errors = conn.recv()
         except EOFError:
-            raise RuntimeError(_WORKER_DIED) from None
+            raise CrackclfError(_WORKER_DIED) from None
         if isinstance(errors, BaseException):
             raise errors
         return self.ring[slot, :n].copy(), errors

@@ -30,6 +30,10 @@ from urllib.parse import unquote
 
 from crackclf import CrackclfError, files
 
+class TrackingError(CrackclfError):
+    """The MLflow store cannot be reached or used: the work that needs it failed (exit 1)."""
+
+
 EXPS_MARKER = (".dvc", "tmp", "exps")  # DVC 3: experiment copies live in <root>/.dvc/tmp/exps/[standalone/]tmpXXXX
 ARTIFACTS_DIR = "mlruns"
 
@@ -97,9 +101,9 @@ def check_store(uri: str, must_exist: bool = True) -> None:
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
-            raise CrackclfError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
+            raise TrackingError(f"tracking server {uri} unreachable ({type(err).__name__})") from None
     elif must_exist and (db := sqlite_file(uri)) is not None and not db.is_file():
-        raise CrackclfError(f"no MLflow store at {db}")
+        raise TrackingError(f"no MLflow store at {db}")
 
 
 def store_lock(uri: str, timeout: float = 300):
@@ -152,7 +156,7 @@ def experiment_id(name: str) -> str:
                 return client.create_experiment(name, artifact_location=root and str(Path(root, slug)))
             except MlflowException:
                 continue  # created by another host's process in between: read it back
-    raise RuntimeError(f"MLflow experiment {name!r} can be neither found nor created")
+    raise TrackingError(f"MLflow experiment {name!r} can be neither found nor created")
 
 
 def fail_if_running(run_id: str) -> bool:

@@ -1,0 +1,79 @@
+"""Every stage stops like Ctrl-C on SIGTERM, and under DVC when dvc dies: nothing half-written is left."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from crackclf import process
+
+
+def test_repeated_sigterm_cannot_cut_short_the_cleanup():
+    """A scheduler's second SIGTERM, or dvc dying on top of the first: one interrupt, then quiet."""
+    cleaned = False
+    with pytest.raises(KeyboardInterrupt), process.stoppable():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):  # the handler runs between bytecodes
+                pass
+        finally:  # where train ends the MLflow run
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):
+                pass
+            cleaned = True
+    assert cleaned
+
+
+# A stand-in for dvc: runs the stage command through dash (which does not exec it) with DVC_STAGE set.
+FAKE_DVC = textwrap.dedent("""
+    import os, subprocess, sys, time
+    env = dict(os.environ, DVC_STAGE="train")
+    subprocess.Popen(["/bin/dash", "-c", f"{sys.executable} -c '{sys.argv[1]}' > {sys.argv[2]}"], env=env)
+    time.sleep(600)
+""")
+STAGE = "; ".join([
+    "import signal, sys, time",
+    "from crackclf import process",
+    "stopped = []",
+    "signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))",
+    "process.stop_with_dvc()",
+    "print(process.dvc_process(), flush=True)",
+    "deadline = time.monotonic() + 120",
+    "exec(\"while not stopped and time.monotonic() < deadline: time.sleep(0.01)\")",
+    "print(\"stopped\" if stopped else \"still running\", flush=True)",
+])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches dvc through /proc and a pidfd")
+def test_a_stage_stops_when_dvc_dies_behind_a_waiting_shell(tmp_path):
+    out = tmp_path / "stage.out"
+    dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, STAGE, str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() or not out.read_text().strip():
+            assert dvc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert int(out.read_text().split()[0]) == dvc.pid  # dvc, not the shell between
+        dvc.terminate()
+        dvc.wait(10)
+        while len(out.read_text().split()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert out.read_text().split()[1] == "stopped"
+    finally:
+        dvc.kill()
+
+
+def test_sigterm_unwinds_like_ctrl_c():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), process.stoppable():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
