@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import synth
+from contracts import temp_leftovers
 from httpserver import free_port
 from crackclf import config, dataset, evaluate, files, inference, tracking
 
@@ -112,7 +113,7 @@ def test_run_writes_metrics_plots_and_threshold(prepared_dir, tiny_model_path, t
     # No run file: the metrics stand, and one line says MLflow was not updated.
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MLflow not updated" in err[0] and "run file" in err[0]
-    assert not list(tmp_path.rglob(".*.tmp"))
+    assert temp_leftovers(tmp_path) == []  # no half-written output (files.atomic_path / atomic_dir names)
 
 
 def test_auto_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_path, tmp_path):
@@ -278,3 +279,14 @@ def test_champion_is_compared_on_its_own_test_set_only(mlflow_store, tmp_path):
     assert str(client.get_model_version_by_alias("crackclf-test", "champion").version) == "5"
     # Lower loss never outweighs a lower F1.
     assert evaluate.update_champion(client, "crackclf-test", "6", 0.99, 0.01, "split-a")["promoted"] == "false"
+
+
+def test_metrics_per_source_when_extra_folders_were_added():
+    rows = [{"source": "dataset"}] * 4 + [{"source": "site-a"}] * 4
+    y = [1, 1, 0, 0, 1, 1, 0, 0]
+    p = [0.9, 0.8, 0.1, 0.2, 0.9, 0.1, 0.8, 0.2]  # right on the dataset, half wrong on the site's tiles
+    sources = evaluate.per_source(rows, y, p, 0.5)
+    assert sources["dataset"]["f1"] == 1.0 and sources["dataset"]["n_test"] == 4
+    assert sources["site-a"]["f1"] == 0.5 and (sources["site-a"]["tp"], sources["site-a"]["fp"]) == (1, 1)
+    assert evaluate.per_source([{"source": "dataset"}] * 8, y, p, 0.5) is None  # one source: nothing to add
+    assert evaluate.per_source([{}] * 8, y, p, 0.5) is None  # a manifest from before sources existed

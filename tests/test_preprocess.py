@@ -337,3 +337,52 @@ def test_progress_in_a_log_is_plain_lines_against_the_archives_count(small, smal
     rar = archives.write_rar(tmp_path / "d.rar", archives.members(small, "data/"), version=5, kind="solid")
     assert preprocess._expected_files(rar) == 40
     assert preprocess._expected_files(small) is None  # a folder: no index to count cheaply
+
+
+def write_tiles(root: Path, photos: int, seed: int = 3) -> Path:
+    """What `crackclf tiles` writes: Positive/ and Negative/ tiles named ``<photo>__x<X>_y<Y>.png``."""
+    rng = np.random.default_rng(seed)
+    for p in range(photos):
+        for k in range(4):
+            crack = k < 2  # each photo has tiles of both classes
+            folder = root / ("Positive" if crack else "Negative")
+            folder.mkdir(parents=True, exist_ok=True)
+            synth.patch(rng, crack, 64).save(folder / f"site{p:02d}__x{k * 64:04d}_y0000.png")
+    return root
+
+
+def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
+    extra = write_tiles(tmp_path / "tiles-a", photos=10)
+    m = run(small_raw, tmp_path, extra=[str(extra)], extra_oversample=3, val_fraction=0.2, test_fraction=0.2)
+    rows = csv_rows(tmp_path / "prepared" / "manifest.csv")
+    assert {r["source"] for r in rows} == {"dataset", "tiles-a"}
+    ours = [r for r in rows if r["source"] == "tiles-a"]
+    assert all(r["file"].startswith("tiles-a/") for r in ours)
+    # One photo's tiles, of both classes, sit in one split only; photos reach more than one split.
+    splits_of = {}
+    for r in ours:
+        splits_of.setdefault(preprocess.photo_of(r["file"]), set()).add(r["split"])
+    assert len(splits_of) == 10 and all(len(s) == 1 for s in splits_of.values())
+    assert len({next(iter(s)) for s in splits_of.values()}) > 1
+    # Train repeats each extra tile 3 times, in the arrays and their manifest alike; val and test do not.
+    per_split = Counter((r["split"], r["file"]) for r in ours)
+    assert {n for (s, _), n in per_split.items() if s == "train"} == {3}
+    assert {n for (s, _), n in per_split.items() if s != "train"} <= {1}
+    for s in dataset.SPLITS:
+        x, y = dataset.load_split(tmp_path / "prepared", s)
+        split_rows = [r for r in rows if r["split"] == s]
+        assert len(x) == len(split_rows) and [int(r["label"]) for r in split_rows] == y.tolist()
+    assert m["sources"]["tiles-a"]["train"]["total"] + m["sources"]["tiles-a"]["val"]["total"] \
+        + m["sources"]["tiles-a"]["test"]["total"] == 40
+    assert m["sources"]["dataset"]["test"]["total"] == m["splits"]["test"]["total"] - \
+        m["sources"]["tiles-a"]["test"]["total"]
+
+
+def test_photo_of_a_tile_name():
+    assert preprocess.photo_of("tiles/Positive/DSC00550b__x0227_y0000.png") == "DSC00550b"
+    assert preprocess.photo_of("Negative/00123.jpg") == "00123"
+
+
+def test_a_missing_extra_folder_is_a_one_line_error(small_raw, tmp_path):
+    with pytest.raises(CrackclfError, match="preprocess.extra: .*nope: no such folder"):
+        run(small_raw, tmp_path, extra=[str(tmp_path / "nope")])

@@ -52,6 +52,8 @@ class PreprocessParams(_Section):
     split_by: Literal["file", "block"] = "block"
     block_size: PositiveInt = 100
     workers: Annotated[int, Field(ge=0)] = 0  # 0: one per core
+    extra: list[str] = []  # more Positive/ and Negative/ folders (e.g. from `crackclf tiles`), split by photo
+    extra_oversample: Annotated[int, Field(ge=1, le=100)] = 1  # times each extra train tile is repeated
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

@@ -58,6 +58,18 @@ def compute_metrics(y_true, probabilities, threshold: float) -> dict:
     return {**out, "threshold": float(threshold), "n_test": len(y), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
+def per_source(rows: list[dict], y_true, probabilities, threshold: float) -> dict | None:
+    """Test metrics of each source (the dataset, each ``preprocess.extra`` folder), when there are several:
+    a model can be near perfect on the dataset's patches and poor on the user's own photos."""
+    names = [r.get("source") or "dataset" for r in rows]
+    if len(set(names)) < 2:
+        return None
+    y, p, names = np.asarray(y_true), np.asarray(probabilities), np.asarray(names)
+    keys = ("accuracy", "precision", "recall", "f1", "n_test", "tp", "fp", "tn", "fn")
+    return {src: {k: compute_metrics(y[names == src], p[names == src], threshold)[k] for k in keys}
+            for src in sorted(set(names))}
+
+
 def best_f1_threshold(y_true, probabilities) -> tuple[float, float]:
     """(threshold, F1) maximising F1 on the given labels.
 
@@ -139,7 +151,10 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
     threshold = chosen["threshold"]
     probs = model.predict(x_test, cfg.batch_size, progress=True)
     metrics = compute_metrics(y_test, probs, threshold)
-    files = [r["file"] for r in dataset.read_manifest(data_dir, "test")]
+    rows = dataset.read_manifest(data_dir, "test")
+    files = [r["file"] for r in rows]
+    if sources := per_source(rows, y_test, probs, threshold):
+        metrics["sources"] = sources
 
     write_plots(plots_dir, y_test, probs, files, x_test, cfg.worst_examples, metrics)
     threshold_info = {**chosen, "image_size": model.size, "model": str(model_path),
@@ -170,7 +185,9 @@ def summary(metrics: dict, chosen: dict) -> str:
 
     return (f"test ({metrics['n_test']} images, threshold {metrics['threshold']:.3f} from {chosen['chosen_by']}): "
             f"accuracy {f('accuracy')}, precision {f('precision')}, recall {f('recall')}, f1 {f('f1')}, "
-            f"roc_auc {f('roc_auc')}, loss {f('loss')}")
+            f"roc_auc {f('roc_auc')}, loss {f('loss')}"
+            + "".join(f"; {src}: {m['n_test']} images, f1 {m['f1']:.4f}"
+                      for src, m in metrics.get("sources", {}).items()))
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -284,7 +301,10 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, test_set: str, files: l
     client = MlflowClient()
     client.get_run(run_id)  # fails early, with MLflow's message, if the run is not in this store
     now = int(time.time() * 1000)
-    logged = {f"test_{k.removesuffix('_test')}": v for k, v in metrics.items() if v is not None}
+    logged = {f"test_{k.removesuffix('_test')}": v for k, v in metrics.items()
+              if v is not None and not isinstance(v, dict)}
+    logged.update({f"test_{src}_{k.removesuffix('_test')}": v for src, m in metrics.get("sources", {}).items()
+                   for k, v in m.items()})
     if "val_f1" in chosen:
         logged["val_f1_at_threshold"] = chosen["val_f1"]
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in logged.items()],

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, archive, dataset, imaging, progress, usable_cpus
+from crackclf import CrackclfError, archive, dataset, imaging, progress, say, usable_cpus
 from crackclf.files import atomic_dir, walk_files, write_csv, write_json
 from crackclf.process import StopRequest
 
@@ -61,21 +61,30 @@ CONFLICT_REASON = "identical bytes under both classes: label unknown, all copies
 _WRITE_BATCH = 256  # images per pwrite when saving the arrays
 _WORKER_DIED = "a decoding worker process died (killed for lack of memory?)"
 _LEADING_NUMBER = re.compile(r"\d+")
+DATASET_SOURCE = "dataset"  # the manifest's ``source`` of the downloaded dataset's images
+EXTRA_ROOT = "data/extra"  # a dependency of the preprocess stage in dvc.yaml
+PHOTO_SEPARATOR = "__"  # ``<photo>__<where>.png``: what ``crackclf tiles`` names a photo's tiles
 
 
 def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path) -> dict:
-    """Preprocess the dataset in ``raw_dir`` into ``out_dir``; write and return the data metrics."""
+    """Preprocess the dataset in ``raw_dir`` (and ``preprocess.extra``) into ``out_dir``; write and return
+    the data metrics."""
     pp = params.preprocess
     source = find_source(raw_dir)
+    sources = [(DATASET_SOURCE, source), *extra_sources(pp.extra)]
     workers = pp.workers or usable_cpus()
-    read = read_and_decode(source, params.download.max_unpacked_bytes, pp.image_size, workers)
+    read = read_and_decode(sources, params.download.max_unpacked_bytes, pp.image_size, workers)
     files = collapse(read)
-    if not files.kept:
+    main = [im for im in files.kept if im.source == DATASET_SOURCE]
+    if not main:
         raise CrackclfError(f"{source}: no readable images under Positive/ or Negative/")
-    splits = split(files.kept, pp.val_fraction, pp.test_fraction, pp.split_by, pp.block_size, params.seed)
-    metrics = _metrics(files, splits)
+    splits = split(main, pp.val_fraction, pp.test_fraction, pp.split_by, pp.block_size, params.seed)
+    extra = split_by_photo([im for im in files.kept if im.source != DATASET_SOURCE],
+                           pp.val_fraction, pp.test_fraction, params.seed)
+    splits = {s: sorted(splits[s] + extra[s], key=_array_order) for s in dataset.SPLITS}
+    metrics = _metrics(files, splits, pp.extra_oversample)
     with atomic_dir(out_dir) as tmp:
-        _write_outputs(tmp, read, files, splits, pp.image_size, workers)
+        _write_outputs(tmp, read, files, splits, pp.image_size, workers, pp.extra_oversample)
     write_json(metrics_path, metrics)
     return metrics
 
@@ -91,6 +100,23 @@ def main(args, params, stop: StopRequest | None = None) -> int:
 
 
 # --- reading and decoding --------------------------------------------------------------------------
+
+
+def extra_sources(dirs: list[str]) -> list[tuple[str, Path]]:
+    """``preprocess.extra``: (source name, folder) pairs; the name is the folder's, made unique."""
+    out: list[tuple[str, Path]] = []
+    for d in dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise CrackclfError(f"preprocess.extra: {d}: no such folder (make one with `crackclf tiles`)")
+        if not path.resolve().is_relative_to(Path(EXTRA_ROOT).resolve()):
+            say(f"preprocess.extra: {d} is outside {EXTRA_ROOT}/, so DVC will not rerun preprocess when it changes")
+        name, n = path.name or "extra", 1
+        while name in {DATASET_SOURCE, *(s for s, _ in out)}:
+            n += 1
+            name = f"{path.name}-{n}"
+        out.append((name, path))
+    return out
 
 
 def find_source(raw_dir: str | Path) -> Path:
@@ -122,6 +148,7 @@ class Read:
 
     chunk_size: int
     names: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     contents: list[int] = field(default_factory=list)  # per file: the number of its distinct content
     chunks: list[np.ndarray] = field(default_factory=list)  # content c: chunks[c // CHUNK][c % CHUNK]
@@ -174,18 +201,26 @@ class Read:
                 os.close(fd)
 
 
-def read_and_decode(source: Path, max_unpacked_bytes: int, size: int, workers: int) -> Read:
-    """Read the archive in this process; decode each distinct content once, over ``workers`` processes.
+def read_and_decode(sources: list[tuple[str, Path]], max_unpacked_bytes: int, size: int, workers: int) -> Read:
+    """Read each (name, archive or folder) in this process; decode each distinct content once, over
+    ``workers`` processes. Files of an extra source are named ``<source>/<member>``.
 
     Byte-identical files are found by hash here, so a copy costs a hash, not a decode.
     """
     read = Read(chunk_size=max(1, min(CHUNK_SIZE, CHUNK_BYTES // (size * size))))
     seen: dict[bytes, int] = {}
 
+    def members() -> Iterator[tuple[str, str, int, bytes]]:
+        for source_name, source in sources:
+            prefix = "" if source_name == DATASET_SOURCE else f"{source_name}/"
+            for name, label, data in archive.iter_images(source, max_unpacked_bytes):
+                yield source_name, prefix + name, label, data
+
     def new_contents(bar) -> Iterator[bytes]:
-        for name, label, data in archive.iter_images(source, max_unpacked_bytes):
+        for source_name, name, label, data in members():
             bar.update()
             read.names.append(name)
+            read.sources.append(source_name)
             read.labels.append(label)
             digest = hashlib.sha256(data).digest()
             content = seen.get(digest)
@@ -194,7 +229,8 @@ def read_and_decode(source: Path, max_unpacked_bytes: int, size: int, workers: i
                 yield data
             read.contents.append(content)
 
-    total = _expected_files(source)
+    counts = [_expected_files(source) for _, source in sources]
+    total = None if None in counts else sum(counts)
     # Workers fork before a terminal bar starts its monitor thread: forking a process with threads is fragile.
     with _Decoder(size, workers, read.chunk_size) as decoder, \
             progress.Progress(total, "preprocess", "files") as bar:
@@ -356,6 +392,7 @@ class Entry:
     name: str
     label: int
     content: int
+    source: str = DATASET_SOURCE
 
 
 @dataclass
@@ -385,7 +422,7 @@ def collapse(read: Read) -> Files:
             conflicting += len(members)
         else:
             first = members[0]
-            kept.append(Entry(read.names[first], read.labels[first], content))
+            kept.append(Entry(read.names[first], read.labels[first], content, read.sources[first]))
             duplicates += [(read.names[i], read.names[first]) for i in members[1:]]
             duplicate_groups += len(members) > 1
     return Files(
@@ -427,7 +464,41 @@ def split(images: list[Entry], val_fraction: float, test_fraction: float, split_
         by_block = split_by == "block"
         for s, members in _assign(shuffled, fractions, by_block, dataset.LABEL_NAMES[label]).items():
             out[s] += [im for unit in members for im in unit]
-    return {s: sorted(ims, key=lambda im: (im.label, im.name)) for s, ims in out.items()}
+    return {s: sorted(ims, key=_array_order) for s, ims in out.items()}
+
+
+def _array_order(im: Entry) -> tuple:
+    return im.label, im.name
+
+
+def photo_of(name: str) -> str:
+    """The photo a tile was cut from: ``<photo>__x0227_y0454.png`` -> ``<photo>``; else the file's stem."""
+    stem = name.rpartition("/")[2].rpartition(".")[0] or name
+    return stem.split(PHOTO_SEPARATOR, 1)[0]
+
+
+def split_by_photo(images: list[Entry], val_fraction: float, test_fraction: float,
+                   seed: int) -> dict[str, list[Entry]]:
+    """Extra sources' tiles into splits, one photo's tiles (of both classes) always in one split.
+
+    Photos are dealt in a seeded order to the split furthest below its share of tiles;
+    a split may stay empty when there are few photos.
+    """
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    photos: dict[tuple[str, str], list[Entry]] = {}
+    for im in images:
+        photos.setdefault((im.source, photo_of(im.name)), []).append(im)
+    keys = sorted(photos)
+    order = np.random.default_rng([seed, 1]).permutation(len(keys))
+    n = len(images)
+    got = {s: 0 for s in dataset.SPLITS}
+    out: dict[str, list[Entry]] = {s: [] for s in dataset.SPLITS}
+    for i in order:
+        tiles = photos[keys[i]]
+        s = max((s for s in dataset.SPLITS if fractions[s] > 0), key=lambda s: n * fractions[s] - got[s])
+        out[s] += tiles
+        got[s] += len(tiles)
+    return out
 
 
 def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: bool,
@@ -463,7 +534,7 @@ def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: boo
 # --- output ----------------------------------------------------------------------------------------
 
 
-def _metrics(files: Files, splits: dict[str, list[Entry]]) -> dict:
+def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1) -> dict:
     def per_class(images: list[Entry]) -> dict[str, int]:
         counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
         return {**counts, "total": len(images)}
@@ -477,16 +548,25 @@ def _metrics(files: Files, splits: dict[str, list[Entry]]) -> dict:
         "conflicting": files.conflicting,  # identical bytes under both classes
         "classes": per_class(files.kept),
         "splits": {s: per_class(ims) for s, ims in splits.items()},
+        "sources": {src: {s: per_class([im for im in ims if im.source == src]) for s, ims in splits.items()}
+                    for src in sorted({im.source for im in files.kept})},
+        "extra_oversample": oversample,  # extra sources' train tiles appear this many times in the train arrays
     }
 
 
 def _write_outputs(out: Path, read: Read, files: Files, splits: dict[str, list[Entry]], size: int,
-                   threads: int) -> None:
+                   threads: int, oversample: int = 1) -> None:
+    """The arrays and their manifest, in the same order. Extra sources' train tiles are repeated
+    ``oversample`` times, so a few thousand photo tiles still count beside the dataset's patches."""
+    splits = {s: [im for im in ims for _ in range(oversample if s == "train" and im.source != DATASET_SOURCE
+                                                  else 1)]
+              for s, ims in splits.items()}
     arrays = {dataset.images_path(out, s): [im.content for im in images] for s, images in splits.items()}
     read.save_images(arrays, size, threads)
     for s, images in splits.items():
         np.save(dataset.labels_path(out, s), np.array([im.label for im in images], np.uint8))
-    write_csv(out / "manifest.csv", ["file", "label", "split"],
-              ({"file": im.name, "label": im.label, "split": s} for s, images in splits.items() for im in images))
+    write_csv(out / "manifest.csv", ["file", "label", "split", "source"],
+              ({"file": im.name, "label": im.label, "split": s, "source": im.source}
+               for s, images in splits.items() for im in images))
     write_csv(out / "skipped.csv", ["file", "reason"], ({"file": f, "reason": r} for f, r in files.skipped))
     write_csv(out / "duplicates.csv", ["file", "kept"], ({"file": f, "kept": k} for f, k in files.duplicates))
