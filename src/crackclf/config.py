@@ -69,6 +69,13 @@ class TrainParams(_Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     dense_units: PositiveInt = 64
     augment: bool = False
+    # Scale and photometric augmentation in training (0 = off): see model._photometric.
+    augment_zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # zoom in/out by up to this fraction
+    augment_brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # shift by up to this share of the range
+    augment_contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # contrast factor in [1 - c, 1 + c]
+    augment_gamma: Annotated[float, Field(ge=0.0, le=4.0)] = 0.0  # gamma in [1/(1+g), 1+g]
+    augment_blur: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0  # Gaussian blur sigma up to this, in input px
+    augment_noise: Annotated[float, Field(ge=0.0, le=64.0)] = 0.0  # Gaussian noise std, in grey levels
     optimizer: Literal["adam"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64
@@ -103,6 +110,16 @@ class PredictParams(_Section):
     batch_size: PositiveInt = 256
 
 
+class ServeParams(_Section):
+    # `crackclf serve`: the web page and image API (crackclf.serve).
+    host: str = "127.0.0.1"  # loopback by default: nothing is exposed unless asked
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    max_upload_mb: Annotated[float, Field(gt=0)] = 50.0  # a larger file gets an error, not a decode
+    max_files: Annotated[int, Field(ge=1, le=1000)] = 100  # files per request
+    max_megapixels: Annotated[float, Field(gt=0, le=1000)] = 120.0  # larger images are refused before decoding
+    keep_results: Annotated[int, Field(ge=1, le=10000)] = 64  # recent results whose map and CSV can be downloaded
+
+
 class Params(_Section):
     seed: Annotated[int, Field(ge=0)] = 42
     download: DownloadParams = DownloadParams()
@@ -110,6 +127,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     predict: PredictParams = PredictParams()
+    serve: ServeParams = ServeParams()
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -35,6 +35,54 @@ class RandomTranspose(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="crackclf")
+class RandomGamma(layers.Layer):
+    """Raises 0..1 pixels to a random power in [1/(1+g), 1+g], in training only: the tone curves of
+    other cameras and light, which brightness and contrast (linear) do not reach."""
+
+    def __init__(self, factor: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.seed = factor, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or not self.factor:
+            return x
+        log_g = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), -1.0, 1.0, seed=self.seed_generator)
+        gamma = ops.exp(log_g * ops.log(1.0 + self.factor))
+        return ops.power(ops.clip(x, 1e-6, 1.0), gamma)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
+
+
+def _photometric(x, train: TrainParams, seed_at):
+    """Scale and photometric augmentation (``train.augment_*``, off at 0): real inspection photos
+    differ from the dataset's patches in scale, light, focus and sensor noise."""
+    if train.augment_zoom:
+        x = layers.RandomZoom((-train.augment_zoom, train.augment_zoom), fill_mode="reflect",
+                              seed=seed_at(3), name="zoom")(x)
+    if train.augment_brightness:
+        x = layers.RandomBrightness(train.augment_brightness, value_range=(0, 1), seed=seed_at(4),
+                                    name="brightness")(x)
+    if train.augment_contrast:
+        x = layers.RandomContrast(train.augment_contrast, value_range=(0, 1), seed=seed_at(5), name="contrast")(x)
+    if train.augment_gamma:
+        x = RandomGamma(train.augment_gamma, seed=seed_at(6), name="gamma")(x)
+    if train.augment_blur:
+        x = layers.RandomGaussianBlur(1.0, kernel_size=5, sigma=(0.1, train.augment_blur), value_range=(0, 1),
+                                      seed=seed_at(7), name="blur")(x)
+    if train.augment_noise:
+        x = layers.GaussianNoise(train.augment_noise / 255, seed=seed_at(8), name="noise")(x)
+    return x
+
+
+def without_augmentation(train: TrainParams) -> TrainParams:
+    """The same network with no augmentation layers: the model that is saved, exported and served."""
+    return train.model_copy(update={"augment": False, **{k: 0.0 for k in type(train).model_fields
+                                                         if k.startswith("augment_")}})
+
+
 def build_model(train: TrainParams, image_size: int, seed: int | None = None) -> keras.Model:
     # One seed per random layer: layers seeded alike draw alike. RandomFlip("horizontal_and_vertical")
     # also draws one coin for both flips, so each flip is a layer of its own.
@@ -47,6 +95,7 @@ def build_model(train: TrainParams, image_size: int, seed: int | None = None) ->
         x = layers.RandomFlip("horizontal", seed=seed_at(0), name="flip_horizontal")(x)
         x = layers.RandomFlip("vertical", seed=seed_at(1), name="flip_vertical")(x)
         x = RandomTranspose(seed=seed_at(2), name="transpose")(x)
+    x = _photometric(x, train, seed_at)
     for i, filters in enumerate(train.conv_filters, start=1):
         x = layers.Conv2D(filters, train.kernel_size, activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(train.pool_size, name=f"pool{i}")(x)
@@ -66,3 +115,29 @@ def compile_model(model: keras.Model, train: TrainParams) -> keras.Model:
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )
     return model
+
+
+FEATURE_LAYER = "pool2"  # the second conv block's pooling; a one-block model uses its last pool
+
+
+def feature_layer(net: keras.Model) -> str:
+    """The layer whose output ``with_features`` pools: ``pool2``, else the last ``pool<i>``."""
+    pools = [layer.name for layer in net.layers if layer.name.startswith("pool") and layer.name[4:].isdigit()]
+    if not pools:
+        raise ValueError(f"{net.name}: no pool<i> layer to take features from")
+    return FEATURE_LAYER if FEATURE_LAYER in pools else pools[-1]
+
+
+def with_features(net: keras.Model) -> keras.Model:
+    """``net`` with a second output: ``[crack_probability, features]``, sharing its weights.
+
+    features (N, 2 * channels) = global average and global max of the feature layer's
+    output: what the unfamiliar-input check compares images by. Defined here once:
+    the ONNX copy is an export of this model, and the Keras runtime runs it too.
+    """
+    x = net.get_layer(feature_layer(net)).output
+    features = layers.Concatenate(name="features", dtype="float32")([
+        layers.GlobalAveragePooling2D(name="features_mean", dtype="float32")(x),
+        layers.GlobalMaxPooling2D(name="features_max", dtype="float32")(x),
+    ])
+    return keras.Model(net.inputs, [net.outputs[0], features], name=f"{net.name}_with_features")

@@ -28,7 +28,7 @@ from crackclf import CrackclfError, config, dataset, devices, files, progress, s
 from crackclf.batches import Inputs
 from crackclf.checkpoint import Checkpoint, Checkpointer, ResumableEarlyStopping, fingerprint
 from crackclf.config import Params
-from crackclf.model import build_model, compile_model
+from crackclf.model import build_model, compile_model, without_augmentation
 from crackclf.process import StopRequest
 
 METRICS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
@@ -286,7 +286,7 @@ def _inference_model(model: keras.Model, params: Params) -> keras.Model:
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        export = build_model(params.train.model_copy(update={"augment": False}), params.preprocess.image_size)
+        export = build_model(without_augmentation(params.train), params.preprocess.image_size)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     for layer in export.layers:

@@ -1,0 +1,33 @@
+"""The reference CNN from params: augmentation layers act in training only and never reach the saved model."""
+
+import numpy as np
+import pytest
+
+from crackclf import config
+from crackclf.model import build_model, without_augmentation
+
+AUGMENT = {"augment": True, "augment_zoom": 0.2, "augment_brightness": 0.2, "augment_contrast": 0.3,
+           "augment_gamma": 0.5, "augment_blur": 1.5, "augment_noise": 8.0}
+PHOTOMETRIC = ("zoom", "brightness", "contrast", "gamma", "blur", "noise")
+
+
+def test_augmentation_changes_training_inputs_only():
+    train = config.parse({"train": {**AUGMENT, "dropout": 0.0}}).train
+    net = build_model(train, 48, seed=1)
+    names = [layer.name for layer in net.layers]
+    assert all(n in names for n in PHOTOMETRIC)
+    plain = build_model(without_augmentation(train), 48, seed=1)
+    assert not {layer.name for layer in plain.layers} & set(PHOTOMETRIC + ("transpose",))
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(net.get_layer(layer.name).get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (6, 48, 48, 1)).astype("float32")
+    inference = np.asarray(net(x, training=False))
+    np.testing.assert_allclose(inference, np.asarray(plain(x, training=False)), atol=1e-6)
+    assert not np.allclose(np.asarray(net(x, training=True)), inference, atol=1e-4)
+
+
+@pytest.mark.parametrize("key", [k for k in AUGMENT if k != "augment"])
+def test_each_augmentation_is_a_validated_param(key):
+    with pytest.raises(config.ConfigError, match=f"train.{key}"):
+        config.parse({"train": {key: -1}})
