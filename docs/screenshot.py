@@ -3,26 +3,24 @@
     python docs/screenshot.py                               # the latest 2 finished runs
     python docs/screenshot.py --run lr-1e-3 --run lr-3e-4   # runs by name (DVC experiment) or id
 
-Needs Debian's ``chromium`` (``apt-get install chromium``). Starts ``mlflow server`` on a
+Needs Debian's ``chromium`` (``apt-get install chromium``) and Playwright for Python
+(requirements-dev.txt), which drives that browser: ``playwright install`` is not needed
+(it downloads browsers, and the network may be closed). Starts ``mlflow server`` on a
 free loopback port over the store, opens the run comparison page with "Show diff only"
 on (so the params that differ stand out), then the metric history page of the same
 runs, and stacks both views into one PNG: params, metrics and tags side by side on
 top, the per-epoch curves below.
 
-Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``),
-so the script waits for what it needs on the page instead of guessing a delay,
-and needs no package beyond the project's.
+The script waits for what it needs on the page (Playwright's ``wait_for_function``)
+instead of guessing a delay.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,72 +31,50 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from mlflow_server import mlflow_server  # noqa: E402
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1", "--remote-debugging-pipe",
+# Offline and headless: no sandbox (containers, root), no GPU, nothing that calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars",
 ]
 MAX_HEIGHT = 6000  # px: a page taller than this is cut
 
 
-class Chromium:
-    """Just enough of the DevTools protocol: one tab, JavaScript, viewport size, screenshots.
+def find_chromium() -> str | None:
+    """Debian's chromium: on PATH, else where the package puts it."""
+    if found := shutil.which("chromium"):
+        return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
 
-    Chromium reads commands from fd 3 and writes answers and events to fd 4, each a
-    JSON message ending in a NUL byte.
-    """
 
-    def __init__(self, exe: str, user_dir: Path, width: int, height: int):
-        cmd_read, self._cmd_write = os.pipe()
-        self._out_read, out_write = os.pipe()
+class Browser:
+    """One Playwright page in Debian's Chromium: JavaScript, waits, viewport size, screenshots."""
 
-        def to_fds_3_and_4():
-            os.dup2(cmd_read, 3)
-            os.dup2(out_write, 4)
+    def __init__(self, exe: str, width: int, height: int, timeout: float):
+        from playwright.sync_api import sync_playwright
 
-        self.proc = subprocess.Popen(
-            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}", f"--window-size={width},{height}", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=to_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        os.close(cmd_read)
-        os.close(out_write)
-        self._buffer, self._id, self.width = b"", 0, width
-        target = self._call("Target.createTarget", None, url="about:blank")["targetId"]
-        self._session = self._call("Target.attachToTarget", None, targetId=target, flatten=True)["sessionId"]
-        self.resize(height)
-
-    def _call(self, method: str, session: str | None, **params) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._cmd_write, json.dumps(message).encode() + b"\0")
-        while True:  # events (no id) are skipped
-            while b"\0" not in self._buffer:
-                chunk = os.read(self._out_read, 1 << 20)
-                if not chunk:
-                    raise RuntimeError(f"chromium exited (status {self.proc.wait()})")
-                self._buffer += chunk
-            raw, _, self._buffer = self._buffer.partition(b"\0")
-            answer = json.loads(raw)
-            if answer.get("id") == self._id:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error'].get('message')}")
-                return answer.get("result", {})
-
-    def call(self, method: str, **params) -> dict:
-        return self._call(method, self._session, **params)
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+            self.page = self._browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+        except BaseException:
+            self._playwright.stop()
+            raise
+        self.page.set_default_timeout(timeout * 1000)
+        self.width = width
 
     def js(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')}")
-        return result["result"].get("value")
+        return self.page.evaluate(expression)
 
     def wait_for(self, expression: str, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.js(expression):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the MLflow UI did not show {what} within {timeout:.0f} s")
-            time.sleep(0.2)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_function(expression, timeout=timeout * 1000, polling=200)
+        except PlaywrightTimeout:
+            raise TimeoutError(f"the MLflow UI did not show {what} within {timeout:.0f} s") from None
+
+    def sleep(self, seconds: float) -> None:
+        self.page.wait_for_timeout(seconds * 1000)  # lets Playwright handle its events meanwhile
 
     def settle(self, quiet: float = 1.0, timeout: float = 15) -> None:
         """Wait until the page's text and layout stop changing (data loaded, charts drawn)."""
@@ -110,11 +86,10 @@ class Chromium:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet:
                 return
-            time.sleep(0.2)
+            self.sleep(0.2)
 
     def resize(self, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.page.set_viewport_size({"width": self.width, "height": height})
 
     def fit_content(self, min_height: int) -> None:
         """Make the window as tall as the page's content (MLflow scrolls inside <main>), no taller."""
@@ -129,23 +104,16 @@ class Chromium:
             self.settle(quiet=0.5)
 
     def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
+        self.page.goto(url, wait_until="domcontentloaded")
 
     def png(self) -> bytes:
-        return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        return self.page.screenshot(type="png")  # the viewport, sized by fit_content
 
     def close(self) -> None:
         try:
-            self._call("Browser.close", None)
-        except RuntimeError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._cmd_write)
-        os.close(self._out_read)
+            self._browser.close()
+        finally:
+            self._playwright.stop()
 
 
 METRICS_GRIDS = """Array.from(document.querySelectorAll('.du-bois-light-collapse-item'))
@@ -155,7 +123,7 @@ DIFF_ONLY = """document.querySelectorAll('button[aria-label$="Show diff only"][a
     .forEach(b => b.click())"""
 
 
-def scroll_metrics(browser: Chromium, prefix: str) -> bool:
+def scroll_metrics(browser: Browser, prefix: str) -> bool:
     """Scroll the comparison's metrics table (300 px high) to its first row named ``prefix...``.
 
     MLflow shows about ten metrics there, alphabetically: the test metrics are further
@@ -173,7 +141,7 @@ def scroll_metrics(browser: Chromium, prefix: str) -> bool:
                                              f"(({METRICS_GRIDS})[0])"):
             break
         browser.js(f"Array.from({METRICS_GRIDS}).forEach(g => g.scrollTop += 250)")
-        time.sleep(0.2)
+        browser.sleep(0.2)
     for target in ([top] if top is not None else []) + [0]:
         for i in (1, 0):  # values first, then names: each grid is scrolled on its own
             browser.js(f"(g => {{ g.scrollTop = {target}; g.dispatchEvent(new Event('scroll')); }})"
@@ -207,13 +175,12 @@ def pick_runs(client, experiment_id: str, wanted: list[str], latest: int) -> lis
     return runs
 
 
-def take(url: str, exe: str, tmp: Path, experiment_id: str, ids: list[str], metrics: list[str], focus: str,
+def take(url: str, exe: str, experiment_id: str, ids: list[str], metrics: list[str], focus: str,
          width: int, timeout: float) -> list[bytes]:
     """PNGs of the run comparison and, if ``metrics``, of their per-epoch curves."""
     shots = []
-    browser = Chromium(exe, tmp / "chrome", width, 1000)
+    browser = Browser(exe, width, 1000, timeout)
     try:
-        browser.call("Page.enable")
         query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id])})
         browser.open(f"{url}/#/compare-runs?{query}")
         browser.wait_for(page_text_has("Show diff only", *ids), "the run comparison", timeout)
@@ -279,11 +246,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "mlflow-compare.png")
     ap.add_argument("--width", type=int, default=1600, help="window width in px")
     ap.add_argument("--timeout", type=float, default=60, help="seconds to wait for each page")
-    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium", help="the browser executable")
+    ap.add_argument("--chromium", default=find_chromium() or "chromium", help="the browser executable")
     args = ap.parse_args()
 
-    if not shutil.which(args.chromium):
+    exe = shutil.which(args.chromium)
+    if not exe:
         sys.exit(f"screenshot: {args.chromium} not found (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        sys.exit("screenshot: needs Playwright for Python (pip install -r requirements-dev.txt)")
     import mlflow
 
     from crackclf import CrackclfError, tracking
@@ -303,8 +275,7 @@ def main() -> int:
     ids = [r.info.run_id for r in runs]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp), backend_uri=args.store) as url:
-        shots = take(url, args.chromium, Path(tmp), exp.experiment_id, ids, metrics, args.focus,
-                     args.width, args.timeout)
+        shots = take(url, exe, exp.experiment_id, ids, metrics, args.focus, args.width, args.timeout)
     width, height = stack(shots, args.out)
     names = ", ".join(f"{r.info.run_name} ({r.info.run_id[:8]})" for r in runs)
     print(f"wrote {args.out} ({width}x{height} px): {names}")

@@ -424,6 +424,19 @@ def _rar_header(ffi, lib, hd) -> _RarHeader:
 
 def _rar_headers(path: Path, where: str) -> list[_RarHeader]:
     """Every header, read without decompressing anything (cheap even for solid archives)."""
+    # Private on purpose: the public API of unrar2-cffi 0.5.0 (unrar.cffi.rarfile.RarFile,
+    # unrarlib.RarArchive.iterate_headers, RarHeader.test/skip) cannot read this archive safely:
+    # - no link targets: iterate_headers allocates each RARHeaderDataEx without a RedirName buffer,
+    #   so unrar never copies a symlink's target (only RedirType is set) and a link cannot be checked;
+    # - no errors: iterate_headers stops silently at the first non-zero RARReadHeaderEx result and
+    #   skip() ignores RARProcessFileW's, so a truncated RAR just lists fewer members (12 of 20, tried);
+    # - no way to stop: RarHeader.test's callback wrapper always returns 1, so the size cap cannot
+    #   abort a member (an exception raised in the callback is printed and unrar unpacks the rest: a
+    #   50 MB member ran to its end), and it answers 1 (go on) to every other request, including
+    #   UCM_LARGEDICT, which lets unrar allocate any dictionary size, and password/volume prompts;
+    # - RarFile.open/read reopen the archive and scan it from the start for every member (quadratic
+    #   on solid archives, where skipping a member still decompresses it).
+    # ffi and lib are the cffi module that unrarlib itself wraps; unrar2-cffi is pinned (requirements.txt).
     from unrar.cffi._unrarlib import ffi, lib
 
     out = []

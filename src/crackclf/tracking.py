@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import os
 import re
@@ -261,17 +262,18 @@ def log_keras_model(model, input_example, registered_model: str | None = None):
     flavor = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras)
     logging_on = keras.config.is_interactive_logging_enabled()
     keras.config.disable_interactive_logging()  # MLflow's check predicts on the example: no progress bars
-    try:
-        return mlflow.models.Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=flavor,
-            model=model,
-            signature=signature,
-            input_example=np.asarray(input_example, np.float32),
-            registered_model_name=registered_model,
-            pip_requirements=pip_requirements(),
-        )
+    try:  # ...a switch per thread: on JAX, Keras predicts in a worker thread, whose bar would reach stdout
+        with contextlib.redirect_stdout(io.StringIO()):
+            return mlflow.models.Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=flavor,
+                model=model,
+                signature=signature,
+                input_example=np.asarray(input_example, np.float32),
+                registered_model_name=registered_model,
+                pip_requirements=pip_requirements(),
+            )
     finally:
         if logging_on:
             keras.config.enable_interactive_logging()
