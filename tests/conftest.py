@@ -84,7 +84,8 @@ def prepared_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(prepared_dir, tmp_path_factory) -> Path:
-    """``synth.TINY_PARAMS``' CNN fitted on ``prepared_dir`` (about 2 s), saved as .keras.
+    """``synth.TINY_PARAMS``' CNN fitted on ``prepared_dir`` (about 2 s), saved as .keras with its
+    ONNX copy beside it (as train writes them), so predict and evaluate run on ONNX Runtime.
 
     For evaluate and predict tests that need a real trained model without the train stage."""
     import keras
@@ -100,4 +101,15 @@ def tiny_model_path(prepared_dir, tmp_path_factory) -> Path:
               shuffle=True, verbose=0)
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
+    from crackclf.export import save_onnx_copy
+
+    save_onnx_copy(model, path)  # model.onnx, about 3 s
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_only_model_path(tiny_model_path, tmp_path_factory) -> Path:
+    """The same model without an ONNX copy, as trained before ONNX export: predict falls back to Keras."""
+    path = tmp_path_factory.mktemp("keras_only") / "model.keras"
+    path.write_bytes(tiny_model_path.read_bytes())
     return path

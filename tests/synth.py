@@ -69,3 +69,31 @@ def write_dataset(root: Path, n_per_class: int, size: int = 227, seed: int = 0, 
         for i in range(1, n_per_class + 1):
             patch(rng, crack, size).save(root / folder / f"{i:05d}.jpg", quality=quality)
     return root
+
+
+def photo_with_mask(rng: np.random.Generator, width: int, height: int,
+                    cracks: list[tuple[int, int, int]]) -> tuple[Image.Image, np.ndarray]:
+    """A ``width`` x ``height`` grey concrete photo with a crack drawn across each ``(x, y, side)``
+    square, and its crack mask (bool, True where a crack was drawn)."""
+    img = concrete(rng, max(width, height)).crop((0, 0, width, height))
+    before = np.asarray(img, np.int16).copy()
+    for x, y, side in cracks:
+        region = img.crop((x, y, x + side, y + side))
+        draw_crack(region, rng)
+        img.paste(region, (x, y))
+    mask = np.abs(np.asarray(img, np.int16) - before) > 40  # the drawn crack: far darker than concrete
+    return img.filter(ImageFilter.GaussianBlur(0.6)), mask
+
+
+def write_photo_set(root: Path, photos: dict[str, tuple[int, int, list[tuple[int, int, int]]]],
+                    seed: int = 0) -> Path:
+    """A photo set: ``images/NAME.png`` and ``masks/NAME.png`` (255 = crack) for each
+    ``NAME: (width, height, cracks)`` (see ``photo_with_mask``)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    for name, (width, height, cracks) in photos.items():
+        img, mask = photo_with_mask(rng, width, height, cracks)
+        img.save(root / "images" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255, "L").save(root / "masks" / f"{name}.png")
+    return root

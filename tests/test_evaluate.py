@@ -12,7 +12,7 @@ from PIL import Image
 import synth
 from contracts import temp_leftovers
 from httpserver import free_port
-from crackclf import config, dataset, evaluate, files, inference, tracking
+from crackclf import config, dataset, evaluate, files, inference, tracking, unfamiliar
 
 # y and p of eight test images; at threshold 0.5: tp 3 (0, 2, 6), fn 1 (3), fp 1 (4), tn 3 (1, 5, 7).
 Y = [1, 0, 1, 1, 0, 0, 1, 0]
@@ -90,7 +90,10 @@ def test_run_writes_metrics_plots_and_threshold(prepared_dir, tiny_model_path, t
     model = inference.load_model(tiny_model_path)
     x, y = dataset.load_split(prepared_dir, "test")
     probs = model.predict(x, 64)
-    assert metrics == evaluate.compute_metrics(y, probs, 0.5)
+    # the unfamiliar-input score's, fitted here too: about 1 % of test images like the training data flagged
+    assert 0 <= metrics["unfamiliar_rate"] <= 0.2 and 0 < metrics["unfamiliar_threshold"] < 1
+    assert {k: v for k, v in metrics.items() if not k.startswith("unfamiliar_")} == \
+        evaluate.compute_metrics(y, probs, 0.5)
     assert json.loads(out["metrics_path"].read_text()) == metrics
     assert metrics["n_test"] == 60 and metrics["accuracy"] >= 0.8  # the tiny model really learned
 
@@ -177,7 +180,7 @@ def _constant_model(model, probability):
 def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_path, mlflow_store, capsys):
     from mlflow import MlflowClient
 
-    trained = inference.load_model(tiny_model_path).net
+    trained = inference.load_model(tiny_model_path, "keras").net
     candidates = [  # evaluated in this order: test F1 2/3 (all crack), 0 (all no crack), then the trained model
         ("all_crack", _constant_model(trained, 0.9), 0.5),
         ("no_crack", _constant_model(trained, 0.1), 0.5),
@@ -217,7 +220,8 @@ def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_
         assert f"test_{key}" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(runs[2], "eval")}
     expected = {f"eval/{n}" for n in evaluate.PLOT_FILES + evaluate.CSV_FILES + ("threshold.json", "eval.json")}
-    assert expected <= logged
+    assert expected | {"eval/unfamiliar.npz"} <= logged
+    assert "test_unfamiliar_rate" in run.data.metrics
 
     # predict on the registry URI: the champion's model, with the threshold its evaluation chose.
     chosen = json.loads((tmp_path / "trained" / "models" / "threshold.json").read_text())["threshold"]
@@ -226,9 +230,13 @@ def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_
     assert inference.default_threshold("models:/crackclf-test@champion", warnings.append) == chosen
     assert inference.default_threshold("models:/crackclf-test/1", warnings.append) == 0.5  # fixed 0.5 for v1
     assert warnings == []
+    # ...and with the unfamiliar-input score fitted by that evaluation (not the file beside any model).
+    scorer = unfamiliar.find(inference.resolve_model("models:/crackclf-test@champion"), warnings.append)
+    assert warnings == [] and scorer.threshold == pytest.approx(
+        unfamiliar.load(tmp_path / "trained" / "models" / unfamiliar.FILE).threshold)
     champion = inference.load_model("models:/crackclf-test@champion")
     x, _ = dataset.load_split(prepared_dir, "test")
-    np.testing.assert_allclose(champion.predict(x, 64), inference.Model(trained, 'trained').predict(x, 64),
+    np.testing.assert_allclose(champion.predict(x, 64), inference.KerasModel(trained, 'trained').predict(x, 64),
                                atol=1e-6)
 
 

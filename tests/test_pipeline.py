@@ -16,9 +16,10 @@ from PIL import Image
 
 import synth
 from httpserver import FileServer
+from crackclf import cli
 from workspace import REPO, run, served_workspace
 
-STAGES = ("download", "preprocess", "train", "evaluate", "predict")
+STAGES = ("download", "preprocess", "train", "evaluate", "publish", "photos", "predict")
 
 
 def _crackclf_imports(module: str) -> set[str]:
@@ -45,7 +46,8 @@ def test_every_stage_depends_on_the_modules_it_runs():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert tuple(stages) == STAGES
     for stage, spec in stages.items():
-        needed, todo = {"config", "process"}, [stage]
+        command = spec["cmd"].split()[1]
+        needed, todo = {"config", "process"}, [cli.COMMANDS.get(command, (command,))[0]]
         while todo:
             module = todo.pop()
             needed.add(module)
@@ -60,9 +62,19 @@ def server():
         yield srv
 
 
+PHOTOS = {"bridge": (700, 500, [(0, 0, 227), (400, 250, 227)]), "wall": (463, 461, [])}
+
+
 @pytest.fixture(scope="module")
-def workspace(server, tmp_path_factory):
-    return served_workspace(tmp_path_factory, server, seed=3, evaluate={"threshold": "auto"})
+def photo_set(tmp_path_factory):
+    """A photo set with masks outside the workspace, as photos.dir may name one."""
+    return synth.write_photo_set(tmp_path_factory.mktemp("photo-set") / "site", PHOTOS)
+
+
+@pytest.fixture(scope="module")
+def workspace(server, tmp_path_factory, photo_set):
+    return served_workspace(tmp_path_factory, server, seed=3, evaluate={"threshold": "auto"},
+                            photos={"dir": str(photo_set)})
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,27 @@ def test_mlflow_run_registered_in_the_workspace_store(workspace, first_repro):
 
 
 @pytest.mark.slow
+def test_photo_set_outside_the_workspace_is_scored_and_tracked(workspace, first_repro, photo_set):
+    import mlflow
+
+    metrics = json.loads((workspace / "metrics/photos.json").read_text())
+    assert metrics["photos"] == len(PHOTOS) and {"precision", "recall", "f1"} <= set(metrics)
+    shown = json.loads(run(workspace, "dvc", "metrics", "show", "--json").stdout)
+    assert "metrics/photos.json" in json.dumps(shown)
+    run_id = json.loads((workspace / "models/mlflow_run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert logged["photo_scored_tiles"] == metrics["scored_tiles"]
+    mask = photo_set / "masks" / "bridge.png"
+    before = mask.read_bytes()
+    try:  # a changed mask outside the workspace reruns the stage
+        Image.new("L", Image.open(mask).size, 0).save(mask)
+        assert "photos" in json.loads(run(workspace, "dvc", "status", "--json").stdout)
+    finally:
+        mask.write_bytes(before)
+    assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}
+
+
+@pytest.mark.slow
 def test_second_repro_does_nothing(workspace, first_repro):
     again = run(workspace, "dvc", "repro")
     assert ran(again) == set(), again.stdout
@@ -119,7 +152,7 @@ def test_a_train_param_reruns_train_and_below_only(workspace, first_repro):
     text = params.read_text()
     params.write_text(text.replace("learning_rate: 0.002", "learning_rate: 0.003"))
     try:
-        assert ran(run(workspace, "dvc", "repro")) == {"train", "evaluate", "predict"}
+        assert ran(run(workspace, "dvc", "repro")) == {"train", "evaluate", "photos", "predict"}
         assert lock != (workspace / "dvc.lock").read_text()
     finally:
         params.write_text(text)

@@ -26,6 +26,12 @@ def our_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("crackclf")]
 
 
+@pytest.fixture(params=["onnx", "keras"])
+def runtime(request) -> str:
+    """Tests that take it run on both runtimes: the same rows, tiles and files either way."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def photo_patches(tiny_model_path):
     """Synthetic 227 px patches the tiny model gets right, as (crack patches, plain patches).
@@ -92,14 +98,15 @@ def mixed_folder(tmp_path_factory, photo_patches):
     return root
 
 
-def test_folder_of_mixed_files(mixed_folder, tiny_model_path, tmp_path):
+def test_folder_of_mixed_files(mixed_folder, tiny_model_path, tmp_path, runtime):
     notes = tmp_path / "readme.txt"  # named explicitly: tried, and reported
     notes.write_text("not an image")
     done = crackclf(REPO, "predict", mixed_folder, notes, tmp_path / "missing.jpg",
-                    "--model", tiny_model_path, "--threshold", "0.5")
+                    "--model", tiny_model_path, "--threshold", "0.5", "--runtime", runtime)
     assert done.returncode == 1, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
-    assert done.stdout.splitlines()[0] == "path,probability,label,tiles,crack_tiles"
+    assert done.stdout.splitlines()[0] == ("path,probability,label,tiles,crack_tiles,unfamiliar,unfamiliar_score,"
+                                           "unfamiliar_tiles")
     expected = ["alpha.png", "exif.jpg", "gray16.png", "photo.png", "ref8.png",
                 "site/Negative/n1.JPG", "site/Positive/c1.jpg"]
     assert [r["path"] for r in rows] == [str(mixed_folder / name) for name in expected]
@@ -117,7 +124,8 @@ def test_folder_of_mixed_files(mixed_folder, tiny_model_path, tmp_path):
 
     lines = our_lines(done.stderr)
     assert "Traceback" not in done.stderr
-    assert len(lines) == 4, lines
+    assert len(lines) == 5, lines
+    assert sum("no unfamiliar-input score" in line for line in lines) == 1  # evaluate never fitted one for it
     assert sum("corrupt.jpg" in line and "not a readable image" in line for line in lines) == 1
     assert sum("readme.txt" in line and "not a readable image" in line for line in lines) == 1
     assert sum("missing.jpg" in line and "no such file" in line for line in lines) == 1
@@ -144,39 +152,43 @@ def test_outside_a_project_defaults_serve_unless_a_params_file_is_named(mixed_fo
             f"crackclf predict: error: {Path(named)}: not found (run from the project root, or pass --params)"]
 
 
-def test_tiles_mark_where_the_cracks_are(photo_patches, tiny_model_path, tmp_path):
+def test_tiles_mark_where_the_cracks_are(photo_patches, tiny_model_path, tmp_path, runtime):
     upright = inspection_photo(*photo_patches)
     upright.save(tmp_path / "photo.png")
     exif_rotated_jpeg(upright, tmp_path / "rotated.jpg")
     assert imaging.open_gray(tmp_path / "rotated.jpg").size == (908, 681)
 
-    model = inference.load_model(tiny_model_path)
+    model = inference.load_model(tiny_model_path, runtime)
+    assert model.runtime == runtime
     errors = []
     preds = list(predict.predict_files(model, [tmp_path / "photo.png", tmp_path / "rotated.jpg"], 0.5,
                                        227, 227, 256, errors.append, previews=2))
     assert errors == []
     for pred in preds:
-        assert pred.tile_probs.shape == GRID and pred.tiles == 12
-        cracked = {tuple(int(v) for v in rc) for rc in np.argwhere(pred.tile_probs >= 0.5)}
+        probs = pred.tile_table.probabilities.reshape(GRID)  # row by row from the top left
+        assert pred.whole_photo and pred.tiles == 12
+        cracked = {tuple(int(v) for v in rc) for rc in np.argwhere(probs >= 0.5)}
         assert cracked == CRACKS, pred.path
         assert pred.crack_tiles == len(CRACKS) and pred.label == "crack"
-        assert pred.probability == pytest.approx(pred.tile_probs.max())
+        assert pred.probability == pytest.approx(probs.max())
     # A tile is exactly the patch pasted there, resized like preprocess does.
     r, c = sorted(CRACKS)[0]
     tile = upright.crop((c * 227, r * 227, c * 227 + 227, r * 227 + 227))
     alone = model.predict(imaging.resize(tile, 48)[None], 1)[0]
-    assert preds[0].tile_probs[r, c] == pytest.approx(alone, abs=1e-6)
+    assert preds[0].tile_table.probabilities.reshape(GRID)[r, c] == pytest.approx(alone, abs=1e-6)
+    assert preds[0].tile_table.boxes.reshape(*GRID, 4)[r, c].tolist() == [c * 227, r * 227, 227, 227]
 
     plot = tmp_path / "map.png"
     plots.plot_predictions(preds[:1], plot, 0.5)
     with Image.open(plot) as img:
-        assert img.format == "PNG" and img.width == 1000 and img.height > 700
+        assert img.format == "PNG" and img.width == plots.MAP_MIN_PX and img.height > plots.MAP_MIN_PX * 681 / 908
 
 
-def test_tile_grid_leaves_the_edge_remainder_out():
-    assert predict.tile_grid(908, 681, 227, 227) == (3, 4)
-    assert predict.tile_grid(4032, 3024, 227, 227) == (13, 17)  # 173 px right, 73 px bottom uncovered
-    assert predict.tile_grid(908, 681, 227, 113) == (5, 7)
+def test_tiles_reach_the_right_and_bottom_edges():
+    assert len(predict.tile_boxes(908, 681, 227, 227)) == 12  # 4 x 3 tiles fit exactly
+    assert predict.tile_starts(4032, 227, 227)[-2:] == [3632, 3805]  # 17 tiles, and one flush with the edge
+    assert predict.tile_starts(3024, 227, 227)[-2:] == [2724, 2797]
+    assert predict.tile_starts(908, 227, 113) == [0, 113, 226, 339, 452, 565, 678, 681]
     assert predict.is_whole_photo(454, 227, 227) and not predict.is_whole_photo(453, 300, 227)
     assert not predict.is_whole_photo(1000, 200, 227)  # no whole tile fits: one patch
 
@@ -188,20 +200,23 @@ def test_small_and_odd_images_are_one_patch(tiny_model_path, tmp_path):
     model = inference.load_model(tiny_model_path)
     preds = list(predict.predict_files(model, [tmp_path / "crop.bmp", tmp_path / "scan.tif"], 0.5,
                                        227, 227, 256, pytest.fail))
-    assert [(p.tiles, p.tile_probs) for p in preds] == [(1, None), (1, None)]
+    assert [(p.tiles, p.whole_photo) for p in preds] == [(1, False), (1, False)]
+    assert [p.tile_table.boxes.tolist() for p in preds] == [[[0, 0, 300, 260]], [[0, 0, 227, 227]]]
 
 
-def test_json_output_and_plot_through_the_cli(mixed_folder, tiny_model_path, tmp_path, capsys):
+def test_json_output_and_plot_through_the_cli(mixed_folder, tiny_model_path, tmp_path, capsys, runtime):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(synth.TINY_PARAMS))
     out, plot = tmp_path / "out" / "rows.json", tmp_path / "out" / "rows.png"
     files = [mixed_folder / "site", mixed_folder / "photo.png"]
     code = cli.main(["predict", *map(str, files), "--model", str(tiny_model_path), "--output", str(out),
-                     "--plot", str(plot), "--threshold", "0.5", "--params", str(params)])
+                     "--plot", str(plot), "--threshold", "0.5", "--params", str(params), "--runtime", runtime])
     assert code == 0, capsys.readouterr().err
     rows = json.loads(out.read_text())
     assert [Path(r["path"]).name for r in rows] == ["n1.JPG", "c1.jpg", "photo.png"]
-    assert list(rows[0]) == ["path", "probability", "label", "tiles", "crack_tiles"]
+    assert list(rows[0]) == ["path", "probability", "label", "tiles", "crack_tiles", "unfamiliar", "unfamiliar_score",
+                             "unfamiliar_tiles"]
+    assert rows[0]["unfamiliar"] is None  # no unfamiliar.npz beside this model: no flag, and no guess
     assert isinstance(rows[0]["probability"], float) and rows[2]["tiles"] == 12
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.size == plots.grid_pixels(3, 2)
@@ -271,7 +286,7 @@ def test_examples_use_the_stride_given(mixed_folder, tiny_model_path, tmp_path):
     params = config.parse({**synth.TINY_PARAMS, "predict": {"images": [str(mixed_folder / "photo.png")]}})
     model = inference.load_model(tiny_model_path)
     (photo,) = predict.examples(params, tmp_path, model, 0.5, 113)
-    assert photo.tiles == 5 * 7  # 908x681 in 227 px tiles every 113 px
+    assert photo.tiles == 6 * 8  # 908x681 in 227 px tiles every 113 px, the last row and column flush
 
 
 def test_examples_refuse_images_of_another_size(tiny_model_path, tmp_path):

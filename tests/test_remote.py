@@ -53,9 +53,12 @@ def test_pipeline_logs_runs_and_models_to_a_tracking_server(prepared_dir, tmp_pa
 
         # The champion comes back through the server and predicts like the file the stage wrote.
         x = np.asarray(dataset.load_split(prepared_dir, "test")[0][:16], np.float32)
+        written = keras.saving.load_model(out["model"]).predict(x, verbose=0)
+        champion = inference.load_model("models:/crackclf@champion", "keras")  # the registered Keras model
+        np.testing.assert_allclose(champion.net.predict(x, verbose=0), written, rtol=1e-6, atol=1e-7)
         champion = inference.load_model("models:/crackclf@champion")  # what `crackclf predict --model` loads
-        written = keras.saving.load_model(out["model"])
-        np.testing.assert_allclose(champion.net.predict(x, verbose=0), written.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+        assert champion.runtime == "onnx"  # the run's ONNX copy, downloaded through the server
+        np.testing.assert_allclose(champion.predict(x, 16), written[:, 0], rtol=0, atol=1e-5)
 
     # The files are in the server's artifact store and nothing MLflow went into the workspace.
     assert list((server_root / "artifacts").rglob("MLmodel")) and list((server_root / "artifacts").rglob("roc.png"))

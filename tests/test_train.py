@@ -21,6 +21,7 @@ import yaml
 import synth
 from crackclf import CrackclfError, batches, checkpoint, config, dataset, devices, train
 from crackclf.config import ConfigError
+from contracts import backend_gpus, check_device_tags
 from mlflow_server import tracking_to
 from workspace import crackclf
 
@@ -94,7 +95,8 @@ def test_learns_synthetic_cracks(trained, prepared_dir):
     assert float(rows[-1]["val_loss"]) == pytest.approx(metrics["final"]["val_loss"], rel=1e-5)
 
     # Nothing left behind: no checkpoint, no temporary files.
-    assert sorted(p.name for p in trained["model_path"].parent.iterdir()) == ["mlflow_run.json", "model.keras"]
+    assert sorted(p.name for p in trained["model_path"].parent.iterdir()) == [
+        "mlflow_run.json", "model.keras", "model.onnx"]
     assert [p.name for p in trained["metrics_path"].parent.iterdir()] == ["train.json"]
 
 
@@ -119,7 +121,7 @@ def test_mlflow_run_holds_params_curves_tags_and_model(trained, store):
     tags = run.data.tags
     assert tags["keras.version"] == keras.__version__ and tags["keras.backend"] == "tensorflow"
     assert tags["tensorflow.version"]
-    assert tags["device.type"] == "cpu" and int(tags["cpu.cores"]) >= 1 and tags["device"].startswith("CPU")
+    check_device_tags(tags, gpus=backend_gpus())  # "N x <GPU>" where the backend sees N GPUs, else "CPU ..."
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:
         assert tags["mlflow.source.git.commit"] == head.stdout.strip()
@@ -142,6 +144,40 @@ def test_model_from_registry_predicts_like_the_file(trained, store, prepared_dir
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{info['run_id']}/model")
     np.testing.assert_allclose(pyfunc.predict(x[:5]), expected[:5], rtol=1e-6, atol=1e-7)
     assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 48, 48, 1)
+
+
+def test_onnx_copy_written_logged_and_used_for_file_and_registry(trained, store, prepared_dir, tmp_path):
+    """model.onnx beside model.keras and in the run (onnx/model.onnx); both model specs run it,
+    answering like Keras; a registry URI loads it through MLflow's client without TensorFlow."""
+    from crackclf import export, files, inference
+
+    info = json.loads(trained["run_file"].read_text())
+    onnx_file = trained["model_path"].with_suffix(".onnx")
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    tags = client.get_run(info["run_id"]).data.tags
+    assert tags["onnx.sha256"] == files.sha256(onnx_file) and tags["onnx.opset"] == str(export.OPSET)
+    logged = mlflow.artifacts.download_artifacts(run_id=info["run_id"], artifact_path="onnx/model.onnx",
+                                                 dst_path=str(tmp_path), tracking_uri=store)
+    assert files.sha256(logged) == files.sha256(onnx_file)
+
+    x = np.asarray(dataset.load_split(prepared_dir, "test")[0])
+    expected = inference.load_model(trained["model_path"], "keras").predict(x, 64)
+    uri = f"models:/crackclf/{info['model_version']}"
+    with tracking_to(store):
+        for spec in (trained["model_path"], uri):
+            lines = []
+            model = inference.load_model(spec, "auto", lines.append)
+            assert (model.runtime, lines) == ("onnx", []), spec
+            np.testing.assert_allclose(model.predict(x, 64), expected, rtol=0, atol=1e-5)
+
+    image = tmp_path / "patch.png"
+    synth.patch(np.random.default_rng(0), True).save(image)
+    code = (f"import sys; from crackclf import cli; c = cli.main(['predict', {str(image)!r}, '--model', {uri!r}, "
+            "'--runtime', 'onnx']); print('RESULT', c, sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'keras'}), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": store})
+    assert "RESULT 0 []" in done.stderr, done.stderr[-2000:]
 
 
 def test_same_params_give_identical_weights(trained, prepared_dir, store, tmp_path):

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--params", type=Path, metavar="FILE",
-        help=f"settings file (default: {DEFAULT_PARAMS}; predict outside a project: built-in defaults if there is none)",
+        help=f"settings file (default: {DEFAULT_PARAMS}; predict, score-photos, tiles and serve outside a project: "
+        "built-in defaults if there is none)",
     )
     fmt = _HelpFormatter
     sub_kw = {"parents": [common], "formatter_class": fmt, "epilog": EPILOG}
@@ -109,8 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         "predict", **sub_kw,
         help="crack probability for your own images",
         description="Predict crack / no crack for image files and folders (searched recursively). "
-        "Photos at least twice the patch size are cut into tiles; each row then gives the tile count, "
-        "the cracked tiles and the highest tile probability. Rows go to stdout as CSV unless --output.",
+        "Photos at least twice the patch size are cut into tiles that cover every pixel (the last column and "
+        "row flush with the right and bottom edges; predict.photo_scale: the scale a photo is seen at); each "
+        "row then gives the tile count, the cracked tiles and the highest tile probability. Rows go to stdout "
+        "as CSV unless --output.",
     )
     s.add_argument("paths", type=Path, nargs="*", metavar="PATH", help="image files or folders")
     s.add_argument("--model", default="models/model.keras", metavar="FILE|models:/NAME@ALIAS",
@@ -122,7 +125,91 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=int, metavar="PX", help="tile stride for whole photos (default: predict.stride)")
     s.add_argument("--examples", type=Path, metavar="DATA_DIR",
                    help="pipeline mode: predict predict.images, or a few test images of each class from DATA_DIR")
+    s.add_argument("--runtime", choices=("auto", "onnx", "keras"), default="auto",
+                   help="auto: ONNX Runtime on the model's ONNX copy (no TensorFlow: fast start) when the copy "
+                   "matches the model, else Keras with one line saying why; onnx: the copy or an error; "
+                   "keras: always Keras")
+    s.add_argument("--tiles", type=Path, metavar="FILE.csv",
+                   help="one row per tile: path,x,y,width,height,probability,label in the original image's pixels "
+                   "(a patch is one tile 0,0,width,height)")
+    s.add_argument("--plot-dir", type=Path, metavar="DIR",
+                   help="one crack map PNG per whole photo (photo at least 1600 px long, heat map of crack "
+                   "probability, legend); patches go on DIR/patches.png")
+    s.add_argument("--explain", type=Path, metavar="DIR|FILE.png",
+                   help="where in each crack tile the model sees the crack (Grad-CAM on the last convolution, "
+                   "TensorFlow backend): one PNG per image with a crack tile in DIR, or FILE.png for a single image")
+
+    s = sub.add_parser(
+        "score-photos", **sub_kw,
+        help="score whole-photo crack maps against crack masks",
+        description="Score the model's crack maps on a photo set (DIR/images/NAME.jpg with DIR/masks/NAME.png, "
+        "255 = crack) by the tile rule: a tile is crack when at least 0.5 % of its pixels are crack in the mask, "
+        "no crack when none are, left out otherwise. Tiles are cut as `crackclf predict` cuts them "
+        "(predict.tile_size, predict.stride, predict.photo_scale). Prints tile precision, recall, F1, ROC AUC "
+        "and the per-photo count error as JSON, or writes them to --output. Without DIR: photos.dir "
+        "(the pipeline's photos stage; no images/ folder there means no photo set, and says so).",
+    )
+    s.add_argument("dir", type=Path, nargs="?", metavar="DIR", help="the photo set (default: photos.dir)")
+    s.add_argument("--model", default="models/model.keras", metavar="FILE|models:/NAME@ALIAS",
+                   help="a .keras file or an MLflow registry URI")
+    s.add_argument("--output", type=Path, metavar="FILE.json", help="write the metrics here (default: stdout)")
+    s.add_argument("--plots-dir", type=Path, metavar="DIR", help="write photos.csv (per photo) and worst.png here")
+    s.add_argument("--threshold", type=float, metavar="T",
+                   help="crack if probability >= T (default: the one evaluate chose, else 0.5)")
+    s.add_argument("--stride", type=int, metavar="PX", help="tile stride (default: predict.stride)")
+    s.add_argument("--run-file", type=Path, metavar="FILE",
+                   help="log photo_* metrics and the files to the MLflow run named there (the pipeline's "
+                   "models/mlflow_run.json)")
+
+    s = sub.add_parser(
+        "tiles", **sub_kw,
+        help="cut photos with crack masks into Positive/ and Negative/ training tiles",
+        description="Cut every photo of PHOTO_SET (images/NAME.jpg with masks/NAME.png, 255 = crack) into tiles "
+        "as `crackclf predict` cuts it (predict.tile_size, predict.stride, predict.photo_scale; every pixel "
+        "covered) and save each at predict.tile_size px to OUT/Positive/ (at least 0.5 % crack pixels) or "
+        "OUT/Negative/ (none), named <photo>__x0123_y0456.png after its photo and its top-left corner; tiles "
+        "in between are left out. OUT/tiles.csv lists them. OUT is replaced whole. Add OUT to "
+        "preprocess.extra to train on it.",
+    )
+    s.add_argument("photo_set", type=Path, metavar="PHOTO_SET", help="folder with images/ and masks/")
+    s.add_argument("out_dir", type=Path, metavar="OUT", help="where Positive/ and Negative/ go")
+    s.add_argument("--stride", type=int, metavar="PX", help="tile stride (default: predict.stride)")
+
+    s = sub.add_parser(
+        "publish", **sub_kw,
+        help="the images MLflow model (photo bytes in) follows the @champion",
+        description="When the model trained in RUN_FILE's run is the registered @champion, log the images "
+        "model (a pyfunc taking image file bytes, answering as crackclf predict) into that run, register it "
+        "as <name>-images and move its @champion alias too. Otherwise say so and change nothing.",
+    )
+    s.add_argument("--model", type=Path, default=Path("models/model.keras"), help="the trained model")
+    s.add_argument("--run-file", type=Path, default=Path("models/mlflow_run.json"), help="MLflow run id")
+    s.add_argument("--output", type=Path, default=Path("models/images_model.json"),
+                   help="what was registered (for DVC)")
+
+    s = sub.add_parser(
+        "serve", **sub_kw,
+        help="a web page and HTTP API that show the crack map of uploaded photos",
+        description="Serve the model over HTTP: a page at / to drop photos on and see their crack maps, "
+        "POST /api/predict (multipart parts named files; one JSON object per file), GET /api/model, "
+        "GET /api/health, OpenAPI docs at /docs. Images are scored as `crackclf predict` scores them. "
+        "Limits: serve.* in params.yaml.",
+    )
+    s.add_argument("--model", metavar="FILE|models:/NAME@ALIAS",
+                   help="a .keras file or an MLflow registry URI (default: the project's @champion if its "
+                   "MLflow store has one, else models/model.keras)")
+    s.add_argument("--host", metavar="ADDRESS", help="address to listen on (default: serve.host, 127.0.0.1)")
+    s.add_argument("--port", type=int, metavar="N", help="port (default: serve.port, 8000; 0: any free port)")
+    s.add_argument("--runtime", choices=("auto", "onnx", "keras"), default="auto",
+                   help="as for predict: ONNX Runtime on the model's ONNX copy when it matches, else Keras")
+    s.add_argument("--threshold", type=float, metavar="T",
+                   help="crack if probability >= T (default: the one evaluate chose, else 0.5)")
     return p
+
+
+# Commands whose code is not a stage module of their own name: (module, function).
+COMMANDS = {"score-photos": ("photos", "score_main"), "tiles": ("photos", "tiles_main"),
+            "publish": ("pyfunc", "main")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from crackclf import config
 
-        if args.stage == "predict" and args.params is None and not DEFAULT_PARAMS.exists():
+        outside = ("predict", "score-photos", "tiles", "serve")  # useful on a user's photo folder, not a project
+        if args.stage in outside and args.params is None and not DEFAULT_PARAMS.exists():
             params = config.Params()  # a user's photo folder, not a project: nothing to configure
         else:
             params = config.load(args.params or DEFAULT_PARAMS)
-        stage = quiet_import(f"crackclf.{args.stage}")  # train's imports Keras; evaluate and predict load it late
+        module, function = COMMANDS.get(args.stage, (args.stage, "main"))
+        stage = quiet_import(f"crackclf.{module}")  # train's imports Keras; evaluate and predict load it late
         with process.stoppable() as stop:
-            return int(stage.main(args, params, stop) or 0)
+            return int(getattr(stage, function)(args, params, stop) or 0)
     except CrackclfError as err:
         print(f"crackclf {args.stage}: error: {err}", file=sys.stderr)
         return err.exit_code

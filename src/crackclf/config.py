@@ -100,14 +100,41 @@ class EvaluateParams(_Section):
 
     batch_size: PositiveInt = 256
     worst_examples: Annotated[int, Field(ge=0, le=100)] = 16
+    # The unfamiliar-input score (crackclf.unfamiliar), fitted here so that changing it retrains nothing.
+    unfamiliar_k: Annotated[int, Field(ge=1, le=100)] = 5  # nearest training patches averaged
+    unfamiliar_percentile: Annotated[float, Field(gt=50.0, le=100.0)] = 99.0  # of validation scores: the threshold
+    unfamiliar_bank: Annotated[int, Field(ge=100)] = 5000  # training patches kept (a seeded sample of more)
 
 
 class PredictParams(_Section):
     images: list[str] = []  # empty: a few fixed test images of each class
     examples_per_class: Annotated[int, Field(ge=1, le=32)] = 4
     tile_size: PositiveInt = 227
-    stride: PositiveInt = 227
+    stride: PositiveInt = 227  # at most tile_size: tiles must not skip pixels
     batch_size: PositiveInt = 256
+    # A whole photo is cut as if resized by a factor first: auto (long side 4032 px, the dataset's
+    # photos), a number, or none (1); tiles are reported in the photo's own pixels either way.
+    photo_scale: float | Literal["auto", "none"] = "none"
+
+    @field_validator("photo_scale", mode="before")
+    @classmethod
+    def _photo_scale(cls, value):
+        if value in ("auto", "none") or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                         and 0 < value <= 64):
+            return value
+        raise ValueError(f"must be auto, none or a factor above 0 (at most 64), got {value!r}")
+
+    @model_validator(mode="after")
+    def _stride_within_tile(self):
+        if self.stride > self.tile_size:
+            raise ValueError(f"stride {self.stride} is above tile_size {self.tile_size}: tiles would skip pixels")
+        return self
+
+
+class PhotosParams(_Section):
+    # A photo set scored by the pipeline's photos stage: images/NAME.jpg and masks/NAME.png (255 = crack).
+    dir: Annotated[str, Field(min_length=1)] = "data/photos"  # no images/ folder there: no photo set
+    worst: Annotated[int, Field(ge=0, le=24)] = 6  # photos shown in plots/photos/worst.png
 
 
 class ServeParams(_Section):
@@ -117,7 +144,7 @@ class ServeParams(_Section):
     max_upload_mb: Annotated[float, Field(gt=0)] = 50.0  # a larger file gets an error, not a decode
     max_files: Annotated[int, Field(ge=1, le=1000)] = 100  # files per request
     max_megapixels: Annotated[float, Field(gt=0, le=1000)] = 120.0  # larger images are refused before decoding
-    keep_results: Annotated[int, Field(ge=1, le=10000)] = 64  # recent results whose map and CSV can be downloaded
+    keep_results: Annotated[int, Field(ge=1, le=10000)] = 32  # recent results kept for their downloads (memory: each keeps its upload)
 
 
 class Params(_Section):
@@ -127,6 +154,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     predict: PredictParams = PredictParams()
+    photos: PhotosParams = PhotosParams()
     serve: ServeParams = ServeParams()
 
 

@@ -11,6 +11,12 @@ uses it), and the training's MLflow run: ``test_``-prefixed metrics, the files a
 artifacts under ``eval/``, and the registered version gets the alias
 ``champion`` when its test F1 beats the current champion's. The files are
 written even when MLflow cannot be reached; one line on stderr says so.
+
+It also fits the unfamiliar-input score (``unfamiliar``: train features, threshold
+from the validation split) into ``unfamiliar.npz`` beside ``threshold.json`` (so beside
+the model, where predict looks for both), and reports the
+share of the test split it flags as ``unfamiliar_rate``. Here rather than in train:
+changing ``evaluate.unfamiliar_*`` then costs seconds, not a retraining.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackclf import CrackclfError, dataset, first_line
+from crackclf import CrackclfError, dataset, first_line, unfamiliar
 from crackclf.files import sha256, write_csv, write_json
 from crackclf.inference import Model, load_model, patch_prediction
 from crackclf.plots import plot_predictions, save_figure
@@ -149,8 +155,11 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
         raise CrackclfError(f"{data_dir}: the test split is empty (preprocess.test_fraction is 0)")
     chosen = choose_threshold(cfg.threshold, data_dir, model, cfg.batch_size)
     threshold = chosen["threshold"]
-    probs = model.predict(x_test, cfg.batch_size, progress=True)
+    probs, test_features = model.predict_with_features(x_test, cfg.batch_size, progress=True)
     metrics = compute_metrics(y_test, probs, threshold)
+    unfamiliar_path = threshold_path.with_name(unfamiliar.FILE)  # beside the model in the pipeline, as predict wants
+    metrics.update(unfamiliar.fit_stage(model, data_dir, cfg, params.seed, sha256(model_path), test_features,
+                                        unfamiliar_path))
     rows = dataset.read_manifest(data_dir, "test")
     files = [r["file"] for r in rows]
     if sources := per_source(rows, y_test, probs, threshold):
@@ -173,7 +182,8 @@ def run(params, data_dir, model_path, metrics_path, plots_dir, threshold_path, r
 
     try:
         print(log_to_mlflow(run_file, metrics, chosen, test_set_id(data_dir),
-                            [plots_dir / n for n in PLOT_FILES + CSV_FILES] + [threshold_path, metrics_path]))
+                            [plots_dir / n for n in PLOT_FILES + CSV_FILES]
+                            + [threshold_path, metrics_path, unfamiliar_path]))
     except (TrackingError, MlflowException) as err:  # the files stand; the champion must not go stale unseen
         raise TrackingError(f"MLflow not updated ({first_line(err)}); metrics written to {metrics_path}") from None
     return metrics
@@ -284,7 +294,10 @@ def test_set_id(data_dir: Path) -> str:
 
 
 def log_to_mlflow(run_file, metrics: dict, chosen: dict, test_set: str, files: list[Path]) -> str:
-    """Log to the training's run and update the champion alias; returns a one-line summary."""
+    """Log to the training's run and update the champion alias; returns a one-line summary.
+
+    The images model follows a new champion in a stage of its own (``crackclf publish``), so that
+    evaluate depends on no prediction code."""
     from crackclf import tracking
 
     run_file = Path(run_file)

@@ -8,9 +8,9 @@ of an interrupted try ends FAILED, never RUNNING (one killed outright, SIGKILL, 
 marked FAILED by the next try).
 
 Outputs: the model (float32, without augmentation layers: what evaluate, predict and
-serving load), ``metrics/train.json`` (final and best epoch, epochs, images/s, wall
-time), the per-epoch history CSV that ``dvc plots`` draws, and the run file through
-which evaluate logs into the same MLflow run. They are written to temporary names
+serving load) and its ONNX copy (``export``), ``metrics/train.json`` (final and best
+epoch, epochs, images/s, wall time), the per-epoch history CSV that ``dvc plots``
+draws, and the run file through which evaluate logs into the same MLflow run. They are written to temporary names
 and renamed, and the checkpoint is removed once they all exist.
 """
 
@@ -28,6 +28,7 @@ from crackclf import CrackclfError, config, dataset, devices, files, progress, s
 from crackclf.batches import Inputs
 from crackclf.checkpoint import Checkpoint, Checkpointer, ResumableEarlyStopping, fingerprint
 from crackclf.config import Params
+from crackclf.export import save_onnx_copy
 from crackclf.model import build_model, compile_model, without_augmentation
 from crackclf.process import StopRequest
 
@@ -137,6 +138,7 @@ def _tracked_run(model, inputs, params, history, state, checkpoint, device, call
         export = _inference_model(model, params)
         run_file.unlink(missing_ok=True)  # written last: a run file always belongs to the model beside it
         _save_model(export, model_path)
+        save_onnx_copy(export, model_path, run_id=run_id, log=True)  # model.onnx: predict without TensorFlow
         info = tracking.log_keras_model(export, inputs.example(), train.registered_model)
         _write_history(history, history_path)
         files.write_json(metrics_path, metrics)
