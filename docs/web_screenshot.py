@@ -4,9 +4,11 @@
 
 Starts ``crackclf serve`` on a free loopback port, opens its page in Debian's headless
 Chromium (Playwright for Python; ``playwright install`` is not needed), chooses the photo
-as a user would, waits until its crack map has loaded, and saves the page. The default photo
-is one of ../shared/data/photos/uav75 (real drone photos of concrete, never committed: only
-the screenshot is). Prints how long the page took from upload to map.
+as a user would, waits until its crack map has loaded, and saves the page. The README's picture
+shows a 908x681 mosaic of 12 real patches of the dataset (CC BY 4.0, cited in the README), made
+from ../shared/data/crack-sample; the default photo is one of ../shared/data/photos/uav75 (real
+drone photos, GPL-3.0: fine to look at, not to commit). Prints how long the page took from upload
+to map.
 """
 
 from __future__ import annotations
