@@ -131,9 +131,19 @@ def all_runs(ws: Path) -> list:
 
 
 def exp_show(ws: Path) -> dict[str, dict]:
-    """`dvc exp show --json` as {experiment name: {"rev", "data", "executor"}}."""
+    """`dvc exp show --json` as {experiment name: {"rev", "data", "executor"}}.
+
+    DVC 3.67 reads a queue worker's run file that the worker may be deleting right then
+    ("unexpected error - [Errno 2] No such file ... .run"): that read is tried again.
+    """
+    for _ in range(5):
+        shown = run(ws, "dvc", "exp", "show", "--json", check=False)
+        if shown.returncode == 0 or ".run'" not in shown.stderr or "No such file" not in shown.stderr:
+            break
+        time.sleep(1)
+    assert shown.returncode == 0, shown.stderr[-3000:]
     out = {}
-    for baseline in json.loads(run(ws, "dvc", "exp", "show", "--json").stdout):
+    for baseline in json.loads(shown.stdout):
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
                 out[rev["name"]] = {"rev": rev["rev"], "data": rev["data"], "executor": exp.get("executor")}
