@@ -303,16 +303,9 @@ def log_to_mlflow(run_file, metrics: dict, chosen: dict, test_set: str, files: l
     run_file = Path(run_file)
     if not run_file.is_file():
         raise CrackclfError(f"no run file {run_file} (train did not log to MLflow)")
-    info = tracking.read_run_file(run_file)
-    run_id = info["run_id"]
-    uri = tracking.configure()
-    tracking.check_store(uri)
-
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient()
-    client.get_run(run_id)  # fails early, with MLflow's message, if the run is not in this store
+    client, run_id, info, uri = tracking.training_run(run_file)
     now = int(time.time() * 1000)
     logged = {f"test_{k.removesuffix('_test')}": v for k, v in metrics.items()
               if v is not None and not isinstance(v, dict)}

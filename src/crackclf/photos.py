@@ -349,15 +349,9 @@ def log_to_mlflow(run_file: Path, metrics: dict, files: list[Path]) -> str:
     """``photo_*`` metrics and the files (under ``photos/``) into the training's run; one summary line."""
     from crackclf import tracking
 
-    info = tracking.read_run_file(run_file)
-    run_id = info["run_id"]
-    uri = tracking.configure()
-    tracking.check_store(uri)
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient()
-    client.get_run(run_id)  # fails early, with MLflow's message, if the run is not in this store
+    client, run_id, _, _ = tracking.training_run(run_file)
     now = int(time.time() * 1000)
     logged = [Metric(f"photo_{k}", float(v), now, 0) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -284,5 +284,18 @@ def write_run_file(path: str | Path, info: dict) -> None:
     files.write_json(path, info)
 
 
+def training_run(run_file: str | Path):
+    """(client, run id, run file, store URI) of the training run that ``run_file`` names, checked to be
+    in the store that is configured now: the stages after train log into that run."""
+    from mlflow import MlflowClient
+
+    info = read_run_file(run_file)
+    uri = configure()
+    check_store(uri)
+    client = MlflowClient()
+    client.get_run(info["run_id"])  # fails early, with MLflow's message, if the run is not in this store
+    return client, info["run_id"], info, uri
+
+
 def read_run_file(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
