@@ -82,25 +82,32 @@ def prepared_dir(tmp_path_factory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("prepared"))
 
 
+def fit_tiny(params, prepared_dir: Path, path: Path):
+    """``params``' CNN fitted on ``prepared_dir``'s train split (seconds for the tiny models), saved at ``path``."""
+    import keras
+
+    from crackclf import dataset
+    from crackclf.model import build_model, compile_model
+
+    keras.utils.set_random_seed(params.seed)
+    model = compile_model(build_model(params.train, params.preprocess.image_size, params.seed), params.train)
+    x, y = dataset.load_split(prepared_dir, "train", mmap=False)
+    model.fit(x.astype("float32"), y, batch_size=params.train.batch_size, epochs=params.train.epochs,
+              shuffle=True, verbose=0)
+    model.save(path)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(prepared_dir, tmp_path_factory) -> Path:
     """``synth.TINY_PARAMS``' CNN fitted on ``prepared_dir`` (about 2 s), saved as .keras with its
     ONNX copy beside it (as train writes them), so predict and evaluate run on ONNX Runtime.
 
     For evaluate and predict tests that need a real trained model without the train stage."""
-    import keras
+    from crackclf import config
 
-    from crackclf import config, dataset
-    from crackclf.model import build_model, compile_model
-
-    params = config.parse(synth.TINY_PARAMS)
-    keras.utils.set_random_seed(params.seed)
-    model = compile_model(build_model(params.train, params.preprocess.image_size, params.seed), params.train)
-    x, y = dataset.load_split(prepared_dir, "train", mmap=False)
-    model.fit(x.astype("float32"), y, batch_size=params.train.batch_size, epochs=params.train.epochs,
-              shuffle=True, verbose=0)
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    model.save(path)
+    model = fit_tiny(config.parse(synth.TINY_PARAMS), prepared_dir, path)
     from crackclf.export import save_onnx_copy
 
     save_onnx_copy(model, path)  # model.onnx, about 3 s
@@ -113,3 +120,21 @@ def keras_only_model_path(tiny_model_path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("keras_only") / "model.keras"
     path.write_bytes(tiny_model_path.read_bytes())
     return path
+
+
+@pytest.fixture(scope="session")
+def champion_store(prepared_dir, tmp_path_factory) -> tuple[str, Path]:
+    """(store URI, folder): a tiny model trained, registered and made champion by evaluate, in an
+    MLflow store of its own; the folder holds what the stages wrote (model.keras, mlflow_run.json, ...)."""
+    from crackclf import config, evaluate, train
+    from mlflow_server import tracking_to
+
+    root = tmp_path_factory.mktemp("champion")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    params = config.parse(synth.TINY_PARAMS)
+    with tracking_to(uri):
+        train.run(params, prepared_dir, root / "model.keras", root / "train.json", root / "history.csv",
+                  root / "mlflow_run.json")
+        evaluate.run(params, prepared_dir, root / "model.keras", root / "eval.json", root / "plots",
+                     root / "threshold.json", root / "mlflow_run.json")
+    return uri, root

@@ -13,8 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-import synth
-from crackclf import config, evaluate, imaging, inference, predict, train
+from crackclf import imaging, inference, predict
 from mlflow_server import models_serve, tracking_to
 
 pytestmark = pytest.mark.slow
@@ -22,17 +21,8 @@ MODEL_URI = "models:/crackclf@champion"
 
 
 @pytest.fixture(scope="module")
-def store(prepared_dir, tmp_path_factory) -> str:
-    """A tiny model trained, registered and made champion by evaluate, in a store of its own."""
-    root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    params = config.parse(synth.TINY_PARAMS)
-    with tracking_to(uri):
-        train.run(params, prepared_dir, root / "model.keras", root / "train.json", root / "history.csv",
-                  root / "mlflow_run.json")
-        evaluate.run(params, prepared_dir, root / "model.keras", root / "eval.json", root / "plots",
-                     root / "threshold.json", root / "mlflow_run.json")
-    return uri
+def store(champion_store) -> str:
+    return champion_store[0]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import requests
 
 import crackserve
 import synth
-from crackclf import config, evaluate, inference, predict, pyfunc, train, unfamiliar
+from crackclf import config, inference, predict, pyfunc, unfamiliar
 from mlflow_server import models_serve, tracking_to
 
 pytestmark = pytest.mark.slow
@@ -28,16 +28,11 @@ IMAGES_URI = "models:/crackclf-images@champion"
 
 
 @pytest.fixture(scope="module")
-def store(prepared_dir, tmp_path_factory) -> tuple[str, Path]:
-    """A tiny model trained, made champion by evaluate, and published (its images model registered)."""
-    root = tmp_path_factory.mktemp("images")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+def store(champion_store) -> tuple[str, Path]:
+    """The shared champion, published: its images model registered as crackclf-images@champion."""
+    uri, root = champion_store
     params = config.parse(synth.TINY_PARAMS)
     with tracking_to(uri):
-        train.run(params, prepared_dir, root / "model.keras", root / "train.json", root / "history.csv",
-                  root / "mlflow_run.json")
-        evaluate.run(params, prepared_dir, root / "model.keras", root / "eval.json", root / "plots",
-                     root / "threshold.json", root / "mlflow_run.json")
         args = Namespace(model=root / "model.keras", run_file=root / "mlflow_run.json",
                          output=root / "images_model.json")
         assert pyfunc.main(args, params) == 0

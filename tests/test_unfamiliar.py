@@ -21,20 +21,12 @@ def three_block_model(prepared_dir, tmp_path_factory):
 
     ``synth.TINY_PARAMS``' two-block model will not do: its pool2 is its last block, whose features
     are zero on most crack-free patches (cosine distance is then meaningless)."""
-    import keras
-
-    from crackclf.model import build_model, compile_model
+    from conftest import fit_tiny
 
     raw = copy.deepcopy(synth.TINY_PARAMS)
     raw["train"]["conv_filters"] = [8, 16, 16]
-    params = config.parse(raw)
-    keras.utils.set_random_seed(params.seed)
-    model = compile_model(build_model(params.train, params.preprocess.image_size, params.seed), params.train)
-    x, y = dataset.load_split(prepared_dir, "train", mmap=False)
-    model.fit(x.astype("float32"), y, batch_size=params.train.batch_size, epochs=params.train.epochs,
-              shuffle=True, verbose=0)
     path = tmp_path_factory.mktemp("three") / "model.keras"
-    model.save(path)
+    fit_tiny(config.parse(raw), prepared_dir, path)
     return path
 
 
