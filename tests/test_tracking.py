@@ -1,6 +1,8 @@
 """Where runs land (also from DVC's experiment copies), what they are tagged with, the run file."""
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -140,6 +142,20 @@ def test_pip_requirements_pin_this_environment():
     reqs = tracking.pip_requirements()
     assert f"keras=={metadata.version('keras')}" in reqs
     assert any(r.startswith(("tensorflow-cpu==", "tensorflow==")) for r in reqs)
+
+
+def test_keras_backend_is_read_as_keras_reads_it_without_importing_it(tmp_path):
+    probe = ("import sys; from crackclf import tracking; print(tracking.keras_backend(), 'keras' in sys.modules, "
+             "'tensorflow' in sys.modules)")
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    (home / "keras.json").write_text('{"backend": "jax"}')
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    ask = lambda **e: subprocess.run([sys.executable, "-c", probe], env={**env, **e}, capture_output=True,  # noqa: E731
+                                     text=True, check=True).stdout.split()
+    assert ask(KERAS_HOME=str(home)) == ["jax", "False", "False"]
+    assert ask(KERAS_HOME=str(home), KERAS_BACKEND="torch") == ["torch", "False", "False"]
+    assert ask(KERAS_HOME=str(tmp_path / "none")) == ["tensorflow", "False", "False"]
 
 
 def test_run_file_round_trip(tmp_path):

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import types
 from pathlib import Path
 from urllib.parse import unquote
@@ -206,6 +207,20 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
+def keras_backend() -> str:
+    """Keras' backend, read the way Keras reads it, without importing Keras (and TensorFlow:
+    10 s of publish's start-up) when nothing has yet."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if name := os.environ.get("KERAS_BACKEND"):
+        return name
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    try:
+        return json.loads((home / "keras.json").read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
 def pip_requirements() -> list[str]:
     """The pinned packages a logged model needs, read from this environment.
 
@@ -213,13 +228,11 @@ def pip_requirements() -> list[str]:
     """
     from importlib import metadata
 
-    import keras
-
     backend = {
         "tensorflow": ("tensorflow-cpu", "tensorflow"),
         "jax": ("jax", "jaxlib"),
         "torch": ("torch",),
-    }.get(keras.backend.backend(), ())
+    }.get(keras_backend(), ())
     reqs = []
     for names in (("keras",), ("numpy",), backend):
         for name in names:
