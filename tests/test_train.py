@@ -5,6 +5,7 @@ Every MLflow store lives in a temporary folder (MLFLOW_TRACKING_URI), never in t
 
 import copy
 import csv
+import io
 import json
 import os
 import subprocess
@@ -390,6 +391,45 @@ def test_tf_epochs_depend_only_on_seed_and_epoch():
     assert len(whole) == 4 and all(sorted(e) == list(range(12)) for e in whole)
     assert len({tuple(e) for e in whole}) == 4
     assert epochs(2) == whole[2:]
+
+
+def _textures(n: int, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+
+
+def test_jpeg_augmentation_degrades_like_a_camera_and_repeats_on_resume():
+    from PIL import Image
+
+    x = _textures(6)
+    low = batches.jpeg_batch(x, 10, [1, 2])
+    assert low.shape == x.shape and low.dtype == np.uint8
+    assert np.array_equal(low, batches.jpeg_batch(x, 10, [1, 2]))  # the seed decides
+    assert not np.array_equal(low, batches.jpeg_batch(x, 10, [1, 3]))
+    # Each image equals itself saved at some quality in [10, 95]: a real JPEG round trip, not noise.
+    for image, got in zip(x, low):
+        def saved(q):
+            buf = io.BytesIO()
+            Image.fromarray(image[..., 0]).save(buf, "JPEG", quality=q)
+            return np.asarray(Image.open(buf))
+        assert any(np.array_equal(got[..., 0], saved(q)) for q in range(10, 96))
+    # Lower quality loses more of the fine texture (the thin-crack detail).
+    err = lambda q: np.abs(batches.jpeg_batch(x, q, [0]).astype(int) - x).mean()  # noqa: E731
+    assert err(5) > err(90) > 0
+
+    y = np.zeros(6, np.float32)
+    flat = lambda first: [b[0].numpy() for b in batches.tf_train_dataset(  # noqa: E731
+        x, y, batch_size=4, seed=3, epochs=range(first, 3), jpeg=20)]
+    whole, resumed = flat(0), flat(1)
+    assert len(whole) == 6 and all(b.dtype == np.uint8 for b in whole)
+    assert all(np.array_equal(a, b) for a, b in zip(whole[2:], resumed))  # the same draws after resuming
+    plain = [b[0].numpy() for b in batches.tf_train_dataset(x, y, batch_size=4, seed=3, epochs=range(3))]
+    assert not any(np.array_equal(a, b) for a, b in zip(whole, plain))
+
+    arrays = batches.ArrayBatches(x, y, batch_size=4, seed=3, jpeg=20)
+    first = arrays[0][0]
+    assert np.array_equal(first, arrays[0][0]) and not np.array_equal(first, x[np.sort(arrays.order[:4])])
+    assert np.array_equal(batches.ArrayBatches(x, y, batch_size=4, seed=3)[0][0], x[np.sort(arrays.order[:4])])
 
 
 MIRRORED_SCRIPT = """

@@ -5,11 +5,13 @@ itself). With TensorFlow they flow through tf.data (cached, reshuffled every epo
 batched, prefetched while the previous batch trains); other backends (JAX on GPU
 machines has no TensorFlow) get a ``keras.utils.PyDataset`` over the same arrays.
 Either way epoch ``e``'s order depends only on ``(seed, e)``, so a resumed run sees
-the batches an uninterrupted one would have seen.
+the batches an uninterrupted one would have seen. JPEG re-compression (``train.augment_jpeg``)
+happens here, not in the model: no Keras op encodes JPEG.
 """
 
 from __future__ import annotations
 
+import io
 import math
 
 import keras
@@ -24,16 +26,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Inputs:
     """Training and validation batches from the uint8 arrays, for whichever backend runs."""
 
-    def __init__(self, x, y, xv, yv, batch_size: int, seed: int, first_epoch: int, epochs: int):
+    def __init__(self, x, y, xv, yv, batch_size: int, seed: int, first_epoch: int, epochs: int, jpeg: int = 0):
         self.y, self.yv = np.asarray(y, np.float32), np.asarray(yv, np.float32)
         self.x, self.xv = x, xv
         self.steps = math.ceil(len(x) / batch_size)
         self.tf = keras.backend.backend() == "tensorflow"
         if self.tf:
-            self.train = tf_train_dataset(x, self.y, batch_size, seed, range(first_epoch, epochs))
+            self.train = tf_train_dataset(x, self.y, batch_size, seed, range(first_epoch, epochs), jpeg)
             self.val = tf_eval_dataset(xv, self.yv, batch_size) if len(xv) else None
         else:
-            self.train = ArrayBatches(x, self.y, batch_size, seed, first_epoch)
+            self.train = ArrayBatches(x, self.y, batch_size, seed, first_epoch, jpeg=jpeg)
             self.val = ArrayBatches(xv, self.yv, batch_size) if len(xv) else None
 
     @property
@@ -46,6 +48,21 @@ class Inputs:
         x, y = (self.xv, self.yv) if len(self.yv) else (self.x, self.y)
         idx = [int(np.argmax(y == c)) for c in (1, 0) if (y == c).any()]
         return np.asarray(x[idx], np.float32)
+
+
+def jpeg_batch(images: np.ndarray, min_quality: int, seed: list[int]) -> np.ndarray:
+    """Each uint8 image re-saved as JPEG at a quality drawn from [min_quality, 95], as ``seed`` decides:
+    the blocks and lost fine lines of photos that cameras, phones and e-mail compressed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            buf, "JPEG", quality=int(rng.integers(min_quality, 96)))
+        out[i] = np.asarray(Image.open(buf)).reshape(image.shape)
+    return out
 
 
 def _tf_cached(x, y, chunk_bytes: int = 1 << 24):
@@ -65,7 +82,7 @@ def _tf_cached(x, y, chunk_bytes: int = 1 << 24):
     return tf.data.Dataset.from_generator(chunks, output_signature=spec).cache().unbatch()
 
 
-def tf_train_dataset(x, y, batch_size: int, seed: int, epochs: range):
+def tf_train_dataset(x, y, batch_size: int, seed: int, epochs: range, jpeg: int = 0):
     """All remaining epochs back to back, epoch e shuffled with ``epoch_seed(seed, e)``.
 
     ``model.fit`` then takes ``steps_per_epoch`` batches per epoch from one iterator.
@@ -79,6 +96,15 @@ def tf_train_dataset(x, y, batch_size: int, seed: int, epochs: range):
         return source.batch(batch_size).take(0)
     order = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(per_epoch), dtype=np.int64), steps))
     ds = tf.data.Dataset.choose_from_datasets(per_epoch, order)
+    if jpeg:
+        def degrade(images, step):  # step counts from the first epoch, so a resumed run draws alike
+            return jpeg_batch(images, jpeg, [seed, int(step) + epochs.start * steps])
+
+        def apply(step, batch):
+            images = tf.numpy_function(degrade, [batch[0], step], tf.uint8, stateful=False)
+            return tf.ensure_shape(images, batch[0].shape), batch[1]
+
+        ds = ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -97,10 +123,11 @@ class ArrayBatches(keras.utils.PyDataset):
     shifts alike, so it still sees the batches an uninterrupted one would.
     """
 
-    def __init__(self, x, y, batch_size: int, seed: int | None = None, first_epoch: int = 0, **kwargs):
+    def __init__(self, x, y, batch_size: int, seed: int | None = None, first_epoch: int = 0, jpeg: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.x, self.y = np.ascontiguousarray(x), np.asarray(y, np.float32)  # one read of the memory map
-        self.batch_size, self.seed, self.epoch = batch_size, seed, first_epoch
+        self.batch_size, self.seed, self.epoch, self.jpeg = batch_size, seed, first_epoch, jpeg
         self.on_epoch_begin()
 
     def __len__(self) -> int:
@@ -118,4 +145,6 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])  # sorted: faster gather
+        if self.jpeg:
+            return jpeg_batch(self.x[idx], self.jpeg, [self.seed or 0, self.epoch, i]), self.y[idx]
         return self.x[idx], self.y[idx]

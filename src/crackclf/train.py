@@ -90,7 +90,8 @@ def run(
             if state:
                 checkpoint.restore(model)
         history = list(state["history"]) if state else []
-        inputs = Inputs(x, y, xv, yv, train.batch_size, params.seed, first_epoch=len(history), epochs=train.epochs)
+        inputs = Inputs(x, y, xv, yv, train.batch_size, params.seed, first_epoch=len(history), epochs=train.epochs,
+                        jpeg=train.augment_jpeg)
         device = devices.device_tags(gpus, strategy, policy)
         say(
             f"training on {device['device']}, {device['distribute']}, {policy}: {len(x):,} train / {len(xv):,} val "
