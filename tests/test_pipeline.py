@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ast
 import json
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from PIL import Image
 import synth
 from httpserver import FileServer
 from crackclf import cli
+from crackclf.files import sha256
 from workspace import REPO, run, served_workspace
 
 STAGES = ("download", "preprocess", "train", "evaluate", "publish", "photos", "predict")
@@ -158,6 +162,39 @@ def test_an_image_size_change_reruns_preprocess_not_download(workspace, first_re
     finally:
         params.write_text(text)
     assert json.loads(run(workspace, "dvc", "status", "--json").stdout) == {}
+
+
+def digests(root: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (files or folders), by path relative to ``root``."""
+    files = [p for rel in paths for p in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*"))]
+    return {str(p.relative_to(root)): sha256(p) for p in files if p.is_file()}
+
+
+@pytest.mark.slow
+def test_dvc_remote_round_trips_data_and_model(workspace, first_repro, tmp_path):
+    tracked = ["data/raw", "data/prepared", "models/model.keras", "plots/eval/roc.png", "predictions/example.png"]
+    before = digests(workspace, tracked)
+    assert {"data/prepared/train_images.npy", "models/model.keras"} <= set(before)
+    assert any(p.startswith("data/raw/") for p in before)
+
+    remote = tmp_path / "remote"
+    run(workspace, "dvc", "remote", "add", "-d", "storage", str(remote))
+    try:
+        pushed = re.search(r"(\d+) files? pushed", run(workspace, "dvc", "push").stdout)
+        assert pushed and int(pushed[1]) >= len(before)  # the files, and a listing per folder
+        assert sum(1 for p in remote.rglob("*") if p.is_file()) == int(pushed[1])
+
+        # A teammate's fresh clone: no outputs and no cache, only git's files and the remote.
+        for rel in tracked:
+            path = workspace / rel
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shutil.rmtree(workspace / ".dvc" / "cache")
+        run(workspace, "dvc", "pull")
+        assert digests(workspace, tracked) == before
+        status = run(workspace, "dvc", "status", "--json").stdout
+        assert json.loads(status) == {}  # every stage up to date: nothing to retrain
+    finally:
+        run(workspace, "dvc", "remote", "remove", "storage")
 
 
 @pytest.mark.slow
