@@ -7,7 +7,9 @@ Three ways to feed the same reference CNN (params.yaml's train section) one epoc
 
 - pipeline: what `crackclf train` runs (uint8 arrays -> tf.data: cache, per-epoch shuffle, batch, prefetch);
 - numpy:    Keras fitting one in-memory float32 array (its own slicing and shuffling);
-- ceiling:  one float32 batch repeated, so no input work at all: pure training compute.
+- ceiling:  one float32 batch repeated, so no input work at all: pure training compute;
+- no-augment: the pipeline again, with a model without params.yaml's augmentation (train.augment*):
+  what the default augmentation costs per epoch.
 
 Epochs are interleaved (pipeline, numpy, ceiling, pipeline, ...) after one warm-up epoch each, so
 drifting machine load hits all three alike; the median epoch of each is reported. With a GPU
@@ -63,7 +65,7 @@ def main() -> int:
     import tensorflow as tf
 
     from crackclf import batches, config
-    from crackclf.model import build_model, compile_model
+    from crackclf.model import build_model, compile_model, without_augmentation
 
     params = config.load(REPO / "params.yaml")
     t0 = time.perf_counter()
@@ -81,14 +83,17 @@ def main() -> int:
         "pipeline": lambda m: m.fit(pipeline, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False),
         "numpy": lambda m: m.fit(xf, y, batch_size=bs, epochs=1, verbose=0, shuffle=True),
         "ceiling": lambda m: m.fit(one_batch, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False),
+        "no-augment": lambda m: m.fit(plain, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False),
     }
+    trains = {name: params.train for name in feeds} | {"no-augment": without_augmentation(params.train)}
     for policy in ["float32", "mixed_float16"] if gpus else ["float32"]:
         keras.mixed_precision.set_global_policy(policy)
-        pipeline = batches.tf_train_dataset(x, y, bs, params.seed, range(args.rounds + 1))
+        pipeline = batches.tf_train_dataset(x, y, bs, params.seed, range(args.rounds + 1), params.train.augment_jpeg)
+        plain = batches.tf_train_dataset(x, y, bs, params.seed, range(args.rounds + 1))
         models = {}
         for name, feed in feeds.items():  # warm-up: tracing, the pipeline's cache
             keras.utils.set_random_seed(params.seed)
-            models[name] = compile_model(build_model(params.train, args.size, params.seed), params.train)
+            models[name] = compile_model(build_model(trains[name], args.size, params.seed), trains[name])
             feed(models[name])
         times = {name: [] for name in feeds}
         for _ in range(args.rounds):
@@ -96,11 +101,11 @@ def main() -> int:
                 start = time.perf_counter()
                 feed(models[name])
                 times[name].append(time.perf_counter() - start)
-        images = {"pipeline": len(x), "numpy": len(x), "ceiling": steps * bs}  # the ceiling's batches are all full
+        images = {name: len(x) for name in feeds} | {"ceiling": steps * bs}  # the ceiling's batches are all full
         rate = {name: images[name] / statistics.median(t) for name, t in times.items()}
         print(f"\n{policy}: images/s (median of {args.rounds} epochs)")
         for name in feeds:
-            print(f"  {name:<9} {rate[name]:>9,.0f}   {rate[name] / rate['ceiling']:.2f} of ceiling")
+            print(f"  {name:<10} {rate[name]:>9,.0f}   {rate[name] / rate['ceiling']:.2f} of ceiling")
     return 0
 
 

@@ -18,6 +18,9 @@ TINY_PARAMS = {
     "train": {
         "conv_filters": [8, 16], "dense_units": 32, "dropout": 0.0, "learning_rate": 0.002,
         "batch_size": 16, "epochs": 8, "early_stopping_patience": 8,
+        # params.yaml trains with augmentation; the tiny test model without (fast, and what tests assert on)
+        "augment": False, **{f"augment_{k}": 0 for k in ("zoom", "brightness", "contrast", "gamma", "blur",
+                                                         "noise", "jpeg")},
     },
 }
 
