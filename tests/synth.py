@@ -21,6 +21,7 @@ TINY_PARAMS = {
         # params.yaml trains with augmentation; the tiny test model without (fast, and what tests assert on)
         "augment": False, **{f"augment_{k}": 0 for k in ("zoom", "brightness", "contrast", "gamma", "blur",
                                                          "noise", "jpeg")},
+        "plain_negatives": 0,
     },
 }
 

@@ -65,6 +65,43 @@ def jpeg_batch(images: np.ndarray, min_quality: int, seed: list[int]) -> np.ndar
     return out
 
 
+def plain_negatives(n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` drawn no-crack images (uint8, N x size x size x 1): flat fields from black to white, smooth
+    gradients and straight step edges, each with sensor noise.
+
+    The dataset's negatives are all textured concrete, so a model trained on it alone calls a black
+    patch, a photo's dark border or a member's edge a crack (probability 1.00 for plain black).
+    """
+    rng = np.random.default_rng([seed, 1])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    out = np.empty((n, size, size, 1), np.uint8)
+    for i in range(n):
+        kind = i % 3
+        a, b = rng.uniform(0, 255, 2)
+        angle = rng.uniform(0, np.pi)
+        along = xx * np.cos(angle) + yy * np.sin(angle)  # distance across the patch, in patch widths
+        if kind == 0:
+            level = rng.uniform(0, 24) if i % 2 else a  # half the flat fields near black: photo borders
+            image = np.full((size, size), level, np.float32)
+        elif kind == 1:
+            image = a + (b - a) * (along + 0.5)
+        else:
+            softness = rng.uniform(0.002, 0.03)  # in patch widths: sharp to slightly out of focus
+            image = a + (b - a) / (1 + np.exp(-(along - rng.uniform(-0.3, 0.3)) / softness))
+        image += rng.normal(0, rng.uniform(0, 8), (size, size))
+        out[i, ..., 0] = np.clip(image, 0, 255)
+    return out
+
+
+def with_plain_negatives(x, y, share: float, seed: int):
+    """The train split with ``share`` x its size of ``plain_negatives`` appended (label 0)."""
+    n = int(round(share * len(x)))
+    if not n:
+        return x, y
+    extra = plain_negatives(n, x.shape[1], seed)
+    return np.concatenate([np.asarray(x), extra]), np.concatenate([np.asarray(y), np.zeros(n, np.asarray(y).dtype)])
+
+
 def _tf_cached(x, y, chunk_bytes: int = 1 << 24):
     """One split as tf.data elements, cached in memory as uint8 on the first pass.
 
