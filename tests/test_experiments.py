@@ -247,7 +247,8 @@ def test_plots_diff_draws_both_experiments_curves(project, grid, tmp_path):
 
 # --- an interrupted dvc exp run ---------------------------------------------------------------------
 
-LONG = ("-S", "train.learning_rate=0.0017", "-S", "train.epochs=30", "-S", "train.batch_size=8")
+LONG = ("-S", "train.learning_rate=0.0017", "-S", "train.epochs=30", "-S", "train.batch_size=8",
+        "-S", "train.early_stopping_patience=30")  # never stops early: a fast machine could finish before a signal
 
 
 def _stat(pid: int | str) -> list[str]:
