@@ -1,0 +1,125 @@
+"""Benchmark: the photo levers (README "The levers, measured"), each a full `dvc repro`, side by side in one run.
+
+Each lever is a fresh workspace (the project's files, params.yaml with the lever over the defaults) in
+which `dvc repro` downloads the 2,000-image sample, trains and scores the photos; then
+`crackclf score-photos` scores half B of the photos. Printed per lever: tile F1 (precision / recall)
+on all photos and on half B, tile ROC AUC on both, the dataset's test accuracy (its own share of the
+test split when extra tiles are trained on), the epochs run and the wall time.
+
+Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
+the first half of the photos is A, the rest B. The `own` levers cut A with `crackclf tiles` into the
+workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
+
+Needs ../shared beside the repo (the sample and uav75); takes 3 to 5 minutes a lever on 2 cores.
+
+    python bench/levers.py [baseline default own ...] [--sample DIR] [--photos DIR] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"  # ../shared beside the repo
+sys.path.insert(0, str(REPO / "tests"))
+
+from workspace import crackclf, make_workspace, run  # noqa: E402
+
+PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "augment_gamma": 0,
+         "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0}
+OWN = {"preprocess": {"extra": ["data/extra/A"], "extra_oversample": 3}}
+LEVERS = {
+    # before augmentation was the default: flips and rotations only, 10 epochs
+    "baseline": {"train": {**PLAIN, "epochs": 10}},
+    "default": {},
+    "own": OWN,
+    "own-baseline": {**OWN, "train": {**PLAIN, "epochs": 15}},
+    "plain-negatives": {"train": {"plain_negatives": 0.1}},
+}
+
+
+def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
+    """Photo sets A and B of ``photos`` (links, never copies), split by drone frame."""
+    frames: dict[str, list[str]] = {}
+    for image in sorted((photos / "images").iterdir()):
+        frames.setdefault(re.sub(r"[a-z]$", "", image.stem), []).append(image.name)
+    names = [name for frame in sorted(frames) for name in frames[frame]]
+    first: list[str] = []
+    for frame in sorted(frames):
+        if len(first) >= len(names) // 2:
+            break
+        first += frames[frame]
+    out = []
+    for half, chosen in (("A", first), ("B", [n for n in names if n not in first])):
+        for sub in ("images", "masks"):
+            (tmp / half / sub).mkdir(parents=True)
+        for name in chosen:
+            (tmp / half / "images" / name).symlink_to(photos / "images" / name)
+            mask = f"{Path(name).stem}.png"
+            (tmp / half / "masks" / mask).symlink_to(photos / "masks" / mask)
+        out.append(tmp / half)
+    return out[0], out[1]
+
+
+def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
+    from workspace import merge
+
+    ws = root / name
+    ws.mkdir()
+    make_workspace(ws, merge({"download": {"url": str(sample)}, "photos": {"dir": str(photos)}}, overrides))
+    t = time.perf_counter()
+    if "extra" in overrides.get("preprocess", {}):
+        cut = crackclf(ws, "tiles", half_a, ws / "data" / "extra" / "A")
+        assert cut.returncode == 0, cut.stderr
+    run(ws, "dvc", "repro", timeout=3600)
+    wall = time.perf_counter() - t
+    scored_b = crackclf(ws, "score-photos", half_b)
+    assert scored_b.returncode == 0, scored_b.stderr
+    evaluation = json.loads((ws / "metrics" / "eval.json").read_text())
+    return {
+        "all": json.loads((ws / "metrics" / "photos.json").read_text()),
+        "B": json.loads(scored_b.stdout),
+        "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
+        "epochs": json.loads((ws / "metrics" / "train.json").read_text()),
+        "wall": wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("levers", nargs="*", default=["baseline", "default", "own"], choices=list(LEVERS),
+                    help="levers to run (default: baseline default own)")
+    ap.add_argument("--sample", type=Path, default=SHARED / "crack-sample", help="Positive/ and Negative/")
+    ap.add_argument("--photos", type=Path, default=SHARED / "photos" / "uav75", help="images/ and masks/")
+    ap.add_argument("--keep", type=Path, help="keep the workspaces here (default: a temporary folder)")
+    opts = ap.parse_args()
+    for need in (opts.sample, opts.photos):
+        if not need.is_dir():
+            sys.exit(f"levers: {need} is missing (../shared beside the repo, or --sample/--photos)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = opts.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        half_a, half_b = halves(opts.photos.resolve(), Path(tmp))
+        print(f"{opts.photos}: half A {len(list((half_a / 'images').iterdir()))} photos (own labels), "
+              f"half B {len(list((half_b / 'images').iterdir()))} photos (never trained on)")
+        print("| lever | tile F1 (P / R), all | tile F1 (P / R), half B | ROC AUC all / B | dataset test accuracy "
+              "| epochs (best) | wall |")
+        print("|---|---|---|---|---:|---:|---:|")
+        for name in opts.levers:
+            r = lever(name, LEVERS[name], opts.sample.resolve(), opts.photos.resolve(), half_a, half_b, root)
+            f1 = lambda m: f"{m['f1']:.3f} ({m['precision']:.3f} / {m['recall']:.3f}) on {m['scored_tiles']}"  # noqa: E731
+            auc = lambda m: "n/a" if m.get("roc_auc") is None else f"{m['roc_auc']:.3f}"  # noqa: E731
+            print(f"| {name} | {f1(r['all'])} | {f1(r['B'])} | {auc(r['all'])} / {auc(r['B'])} "
+                  f"| {100 * r['accuracy']:.1f} % | {r['epochs']['epochs']} ({r['epochs']['best_epoch']}) "
+                  f"| {r['wall'] / 60:.1f} min |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
