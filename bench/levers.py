@@ -4,7 +4,8 @@ Each lever is a fresh workspace (the project's files, params.yaml with the lever
 which `dvc repro` downloads the 2,000-image sample, trains and scores the photos; then
 `crackclf score-photos` scores half B of the photos. Printed per lever: tile F1 (precision / recall)
 on all photos and on half B, tile ROC AUC on both, the dataset's test accuracy (its own share of the
-test split when extra tiles are trained on), the epochs run and the wall time.
+test split when extra tiles are trained on), the epochs run and the wall time; with several --seeds,
+a line per seed and one with the means (min to max): one seed moves these figures a lot.
 
 Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
 the first half of the photos is A, the rest B. The `own` levers cut A with `crackclf tiles` into the
@@ -12,7 +13,7 @@ workspace's data/extra/A and train on it (preprocess.extra), so B is never seen 
 
 Needs ../shared beside the repo (the sample and uav75); takes 3 to 5 minutes a lever on 2 cores.
 
-    python bench/levers.py [baseline default own ...] [--sample DIR] [--photos DIR] [--keep DIR]
+    python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--sample DIR] [--photos DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"  # ../shared beside the repo
 sys.path.insert(0, str(REPO / "tests"))
 
-from workspace import crackclf, make_workspace, run  # noqa: E402
+from workspace import crackclf, make_workspace, merge, run  # noqa: E402
 
 PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "augment_gamma": 0,
          "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0}
@@ -68,9 +69,7 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
 
 
 def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
-    from workspace import merge
-
-    ws = root / name
+    ws = root / f"{name}-{overrides.get('seed', 'default')}"
     ws.mkdir()
     make_workspace(ws, merge({"download": {"url": str(sample)}, "photos": {"dir": str(photos)}}, overrides))
     t = time.perf_counter()
@@ -95,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("levers", nargs="*", default=["baseline", "default", "own"], choices=list(LEVERS),
                     help="levers to run (default: baseline default own)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="seed of each run (default: 42)")
     ap.add_argument("--sample", type=Path, default=SHARED / "crack-sample", help="Positive/ and Negative/")
     ap.add_argument("--photos", type=Path, default=SHARED / "photos" / "uav75", help="images/ and masks/")
     ap.add_argument("--keep", type=Path, help="keep the workspaces here (default: a temporary folder)")
@@ -113,13 +113,29 @@ def main() -> None:
               "| epochs (best) | wall |")
         print("|---|---|---|---|---:|---:|---:|")
         for name in opts.levers:
-            r = lever(name, LEVERS[name], opts.sample.resolve(), opts.photos.resolve(), half_a, half_b, root)
-            f1 = lambda m: f"{m['f1']:.3f} ({m['precision']:.3f} / {m['recall']:.3f}) on {m['scored_tiles']}"  # noqa: E731
-            auc = lambda m: "n/a" if m.get("roc_auc") is None else f"{m['roc_auc']:.3f}"  # noqa: E731
-            print(f"| {name} | {f1(r['all'])} | {f1(r['B'])} | {auc(r['all'])} / {auc(r['B'])} "
-                  f"| {100 * r['accuracy']:.1f} % | {r['epochs']['epochs']} ({r['epochs']['best_epoch']}) "
-                  f"| {r['wall'] / 60:.1f} min |", flush=True)
+            runs = []
+            for seed in opts.seeds:
+                r = lever(name, {**LEVERS[name], "seed": seed}, opts.sample.resolve(), opts.photos.resolve(),
+                          half_a, half_b, root)
+                runs.append(r)
+                print(f"| {name}, seed {seed} | {_f1(r['all'])} | {_f1(r['B'])} | {_auc(r['all'])} / {_auc(r['B'])} "
+                      f"| {100 * r['accuracy']:.1f} % | {r['epochs']['epochs']} ({r['epochs']['best_epoch']}) "
+                      f"| {r['wall'] / 60:.1f} min |", flush=True)
+            if len(runs) > 1:
+                span = lambda values, fmt: f"{fmt.format(sum(values) / len(values))} ({fmt.format(min(values))} to {fmt.format(max(values))})"  # noqa: E731
+                pick = lambda part, key: [r[part][key] or 0.0 for r in runs]  # noqa: E731
+                print(f"| **{name}, mean of {len(runs)}** | {span(pick('all', 'f1'), '{:.3f}')} "
+                      f"| {span(pick('B', 'f1'), '{:.3f}')} | {span(pick('all', 'roc_auc'), '{:.3f}')} / "
+                      f"{span(pick('B', 'roc_auc'), '{:.3f}')} | {span([100 * r['accuracy'] for r in runs], '{:.1f}')} % "
+                      f"| | |", flush=True)
 
+
+def _f1(m: dict) -> str:
+    return f"{m['f1']:.3f} ({m['precision']:.3f} / {m['recall']:.3f}) on {m['scored_tiles']}"
+
+
+def _auc(m: dict) -> str:
+    return "n/a" if m.get("roc_auc") is None else f"{m['roc_auc']:.3f}"
 
 if __name__ == "__main__":
     main()
