@@ -248,7 +248,7 @@ def test_plots_diff_draws_both_experiments_curves(project, grid, tmp_path):
 # --- an interrupted dvc exp run ---------------------------------------------------------------------
 
 LONG = ("-S", "train.learning_rate=0.0017", "-S", "train.epochs=30", "-S", "train.batch_size=8",
-        "-S", "train.early_stopping_patience=30")  # never stops early: a fast machine could finish before a signal
+        "-S", "train.early_stopping_patience=30")  # every try trains all its epochs: none ends before its signal
 
 
 def _stat(pid: int | str) -> list[str]:
@@ -289,6 +289,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _as_a_terminal_starts_it() -> None:
+    """Ctrl-C and quit at their defaults. A job started in the background of a script (`cmd &`)
+    inherits them ignored, and so would dvc and the training it starts: Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Try:
     """`dvc exp run` in its own session, as a terminal runs it; its log in ``log``."""
 
@@ -297,7 +304,8 @@ class Try:
         env = user_env(**({"SHELL": shell} if shell else {}))  # DVC runs the stage through $SHELL -c
         with open(log, "w") as f:
             self.proc = subprocess.Popen(["dvc", "exp", "run", *args], cwd=ws, env=env, stdout=f,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_as_a_terminal_starts_it)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
