@@ -8,7 +8,7 @@ test split when extra tiles are trained on), the epochs run and the wall time; w
 a line per seed and one with the means (min to max): one seed moves these figures a lot.
 
 Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
-the first half of the photos is A, the rest B. The `own` levers cut A with `crackclf tiles` into the
+the first half of the photos is A, the rest B. The `*own` levers cut A with `crackclf tiles` into the
 workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
 
 Needs ../shared beside the repo (the sample and uav75); takes 3 to 5 minutes a lever on 2 cores.
@@ -33,15 +33,15 @@ sys.path.insert(0, str(REPO / "tests"))
 from workspace import crackclf, make_workspace, merge, run  # noqa: E402
 
 PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "augment_gamma": 0,
-         "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0}
+         "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0, "plain_negatives": 0}
 OWN = {"preprocess": {"extra": ["data/extra/A"], "extra_oversample": 3}}
-LEVERS = {
-    # before augmentation was the default: flips and rotations only, 10 epochs
-    "baseline": {"train": {**PLAIN, "epochs": 10}},
-    "default": {},
+LEVERS = {  # over today's params.yaml
+    "baseline": {"train": {**PLAIN, "epochs": 10}},  # before augmentation: flips and rotations, 10 epochs
+    "augmentation": {"train": {"plain_negatives": 0}},  # before plain negatives
+    "default": {},  # augmentation and plain negatives
+    "baseline-own": {**OWN, "train": {**PLAIN, "epochs": 15}},
+    "augmentation-own": {**OWN, "train": {"plain_negatives": 0}},
     "own": OWN,
-    "own-baseline": {**OWN, "train": {**PLAIN, "epochs": 15}},
-    "plain-negatives": {"train": {"plain_negatives": 0.1}},
 }
 
 
