@@ -11,7 +11,7 @@ Halves: the photos sorted by name with a drone frame's crops kept together (DSC0
 the first half of the photos is A, the rest B. The `*own` levers cut A with `crackclf tiles` into the
 workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
 
-Needs ../shared beside the repo (the sample and uav75); takes 3 to 5 minutes a lever on 2 cores.
+Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores.
 
     python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--sample DIR] [--photos DIR] [--keep DIR]
 """
