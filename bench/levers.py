@@ -50,22 +50,18 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
     frames: dict[str, list[str]] = {}
     for image in sorted((photos / "images").iterdir()):
         frames.setdefault(re.sub(r"[a-z]$", "", image.stem), []).append(image.name)
-    names = [name for frame in sorted(frames) for name in frames[frame]]
-    first: list[str] = []
+    half = sum(map(len, frames.values())) // 2
+    chosen: dict[str, list[str]] = {"A": [], "B": []}
     for frame in sorted(frames):
-        if len(first) >= len(names) // 2:
-            break
-        first += frames[frame]
-    out = []
-    for half, chosen in (("A", first), ("B", [n for n in names if n not in first])):
+        chosen["A" if len(chosen["A"]) < half else "B"].extend(frames[frame])
+    for name, images in chosen.items():
         for sub in ("images", "masks"):
-            (tmp / half / sub).mkdir(parents=True)
-        for name in chosen:
-            (tmp / half / "images" / name).symlink_to(photos / "images" / name)
-            mask = f"{Path(name).stem}.png"
-            (tmp / half / "masks" / mask).symlink_to(photos / "masks" / mask)
-        out.append(tmp / half)
-    return out[0], out[1]
+            (tmp / name / sub).mkdir(parents=True)
+        for image in images:
+            mask = f"{Path(image).stem}.png"
+            (tmp / name / "images" / image).symlink_to(photos / "images" / image)
+            (tmp / name / "masks" / mask).symlink_to(photos / "masks" / mask)
+    return tmp / "A", tmp / "B"
 
 
 def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
@@ -85,7 +81,7 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
         "all": json.loads((ws / "metrics" / "photos.json").read_text()),
         "B": json.loads(scored_b.stdout),
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
-        "epochs": json.loads((ws / "metrics" / "train.json").read_text()),
+        "train": json.loads((ws / "metrics" / "train.json").read_text()),
         "wall": wall,
     }
 
@@ -119,15 +115,21 @@ def main() -> None:
                           half_a, half_b, root)
                 runs.append(r)
                 print(f"| {name}, seed {seed} | {_f1(r['all'])} | {_f1(r['B'])} | {_auc(r['all'])} / {_auc(r['B'])} "
-                      f"| {100 * r['accuracy']:.1f} % | {r['epochs']['epochs']} ({r['epochs']['best_epoch']}) "
+                      f"| {100 * r['accuracy']:.1f} % | {r['train']['epochs']} ({r['train']['best_epoch']}) "
                       f"| {r['wall'] / 60:.1f} min |", flush=True)
             if len(runs) > 1:
-                span = lambda values, fmt: f"{fmt.format(sum(values) / len(values))} ({fmt.format(min(values))} to {fmt.format(max(values))})"  # noqa: E731
-                pick = lambda part, key: [r[part][key] or 0.0 for r in runs]  # noqa: E731
-                print(f"| **{name}, mean of {len(runs)}** | {span(pick('all', 'f1'), '{:.3f}')} "
-                      f"| {span(pick('B', 'f1'), '{:.3f}')} | {span(pick('all', 'roc_auc'), '{:.3f}')} / "
-                      f"{span(pick('B', 'roc_auc'), '{:.3f}')} | {span([100 * r['accuracy'] for r in runs], '{:.1f}')} % "
-                      f"| | |", flush=True)
+                print(f"| **{name}, mean of {len(runs)}** | {_span(runs, 'all', 'f1')} | {_span(runs, 'B', 'f1')} "
+                      f"| {_span(runs, 'all', 'roc_auc')} / {_span(runs, 'B', 'roc_auc')} "
+                      f"| {_span(runs, None, 'accuracy', 100, '{:.1f}')} % | | |", flush=True)
+
+
+def _span(runs: list[dict], half: str | None, key: str, scale: float = 1, fmt: str = "{:.3f}") -> str:
+    """Mean (min to max) of one figure over the seeds' runs: how far one seed moves it."""
+    values = [scale * v for r in runs if (v := (r[half] if half else r).get(key)) is not None]
+    if not values:
+        return "n/a"
+    mean, low, high = (fmt.format(v) for v in (sum(values) / len(values), min(values), max(values)))
+    return f"{mean} ({low} to {high})"
 
 
 def _f1(m: dict) -> str:
@@ -136,6 +138,7 @@ def _f1(m: dict) -> str:
 
 def _auc(m: dict) -> str:
     return "n/a" if m.get("roc_auc") is None else f"{m['roc_auc']:.3f}"
+
 
 if __name__ == "__main__":
     main()
