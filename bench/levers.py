@@ -42,6 +42,7 @@ LEVERS = {  # over today's params.yaml
     "baseline-own": {**OWN, "train": {**PLAIN, "epochs": 15}},
     "augmentation-own": {**OWN, "train": {"plain_negatives": 0}},
     "own": OWN,
+    "centered": {"train": {"center_inputs": True}},  # pixels -1..1 into conv1
     "size227": {"preprocess": {"image_size": 227}, "train": {"learning_rate": 0.0003}},  # native patch size
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
 }

@@ -34,12 +34,13 @@ def test_each_augmentation_is_a_validated_param(key):
 
 
 @pytest.mark.parametrize("augment", [{}, AUGMENT])
-def test_first_conv_sees_pixels_centred_on_zero(augment):
-    """Raw 0..255 in, -1..1 into conv1 (with and without the 0..1 augmentation layers in between):
-    from 0..1 inputs the CNN sat epochs at chance before it learnt."""
+@pytest.mark.parametrize(("center", "seen"), [(False, [0, 0.5, 1]), (True, [-1, 0, 1])])
+def test_first_conv_sees_the_pixels_scaled_once(augment, center, seen):
+    """Raw 0..255 in; 0..1 into conv1, or -1..1 with ``train.center_inputs`` (with and without the
+    0..1 augmentation layers in between), whatever trains, evaluates or serves the model."""
     import keras
 
-    net = build_model(config.parse({"train": augment}).train, 48, seed=1)
+    net = build_model(config.parse({"train": {**augment, "center_inputs": center}}).train, 48, seed=1)
     to_conv = keras.Model(net.inputs, net.get_layer("conv1").input)
     x = np.stack([np.full((48, 48, 1), v, "float32") for v in (0, 127.5, 255)])
-    np.testing.assert_allclose(np.asarray(to_conv(x, training=False))[:, 0, 0, 0], [-1, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(to_conv(x, training=False))[:, 0, 0, 0], seen, atol=1e-6)

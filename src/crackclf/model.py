@@ -1,6 +1,6 @@
 """The reference CNN, built from params alone.
 
-It takes raw 0..255 grayscale pixels and rescales inside itself (to -1..1), so training,
+It takes raw 0..255 grayscale pixels and rescales inside itself, so training,
 evaluation, prediction and serving can never disagree on preprocessing.
 """
 
@@ -96,10 +96,8 @@ def build_model(train: TrainParams, image_size: int, seed: int | None = None) ->
         x = layers.RandomFlip("vertical", seed=seed_at(1), name="flip_vertical")(x)
         x = RandomTranspose(seed=seed_at(2), name="transpose")(x)
     x = _photometric(x, train, seed_at)
-    # Centred on 0 (-1..1) after the photometric layers, which work on 0..1: from 0..1 inputs this
-    # CNN sat 2 to 7 epochs at chance before it learnt (early stopping could end it there);
-    # centred, it learns from the first epoch (README "Training").
-    x = layers.Rescaling(2.0, offset=-1.0, name="center")(x)
+    if train.center_inputs:  # after the photometric layers, which work on 0..1
+        x = layers.Rescaling(2.0, offset=-1.0, name="center")(x)
     for i, filters in enumerate(train.conv_filters, start=1):
         x = layers.Conv2D(filters, train.kernel_size, activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(train.pool_size, name=f"pool{i}")(x)
