@@ -4,8 +4,10 @@ Each lever is a fresh workspace (the project's files, params.yaml with the lever
 which `dvc repro` downloads the 2,000-image sample, trains and scores the photos; then
 `crackclf score-photos` scores half B of the photos. Printed per lever: tile F1 (precision / recall)
 on all photos and on half B, tile ROC AUC on both, the dataset's test accuracy (its own share of the
-test split when extra tiles are trained on), the epochs run and the wall time; with several --seeds,
-a line per seed and one with the means (min to max): one seed moves these figures a lot.
+test split when extra tiles are trained on), formwork joints called crack (crack-free tiles with and
+without the set's planking masks, from `crackclf predict --tiles`), the epochs run and the wall time;
+with several --seeds, a line per seed and one with the means (min to max): one seed moves these
+figures a lot.
 
 Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
 the first half of the photos is A, the rest B. The `*own` levers cut A with `crackclf tiles` into the
@@ -42,7 +44,10 @@ LEVERS = {  # over today's params.yaml
     "baseline-own": {**OWN, "train": {**PLAIN, "epochs": 15}},
     "augmentation-own": {**OWN, "train": {"plain_negatives": 0}},
     "own": OWN,
+    "own-x1": {"preprocess": {**OWN["preprocess"], "extra_oversample": 1}},  # each own tile once
     "centered": {"train": {"center_inputs": True}},  # pixels -1..1 into conv1
+    "centered-own": {**OWN, "train": {"center_inputs": True}},
+    "patience": {"train": {"early_stopping_patience": 6}},  # early stopping waits twice as long
     "size227": {"preprocess": {"image_size": 227}, "train": {"learning_rate": 0.0003}},  # native patch size
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
 }
@@ -79,14 +84,45 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
     wall = time.perf_counter() - t
     scored_b = crackclf(ws, "score-photos", half_b)
     assert scored_b.returncode == 0, scored_b.stderr
+    tiles = crackclf(ws, "predict", photos / "images", "--tiles", ws / "tiles.csv", "--output", ws / "rows.csv")
+    assert tiles.returncode == 0, tiles.stderr
     evaluation = json.loads((ws / "metrics" / "eval.json").read_text())
     return {
         "all": json.loads((ws / "metrics" / "photos.json").read_text()),
         "B": json.loads(scored_b.stdout),
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
         "train": json.loads((ws / "metrics" / "train.json").read_text()),
+        "joints": joints(ws / "tiles.csv", photos),
         "wall": wall,
     }
+
+
+def joints(tiles_csv: Path, photos: Path) -> dict | None:
+    """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
+    the mask) called crack, split by whether the photo set's planking mask (``extras/planking_masks``)
+    covers at least 0.5 % of the tile. None when the set has no planking masks."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    planking = photos / "extras" / "planking_masks"
+    if not planking.is_dir():
+        return None
+    called: dict[bool, list[bool]] = {True: [], False: []}
+    masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with open(tiles_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            stem = Path(row["path"]).stem
+            if stem not in masks:
+                masks[stem] = tuple(np.asarray(Image.open(d / f"{stem}.png").convert("L")) > 127
+                                    for d in (photos / "masks", planking))
+            x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
+            crack, joint = (m[y:y + h, x:x + w] for m in masks[stem])
+            if not crack.any():
+                called[bool(joint.mean() >= 0.005)].append(row["label"] == "crack")
+    return {"joint_tiles": len(called[True]), "joint_fp": float(np.mean(called[True] or [0])),
+            "plain_tiles": len(called[False]), "plain_fp": float(np.mean(called[False] or [0]))}
 
 
 def main() -> None:
@@ -109,8 +145,8 @@ def main() -> None:
         print(f"{opts.photos}: half A {len(list((half_a / 'images').iterdir()))} photos (own labels), "
               f"half B {len(list((half_b / 'images').iterdir()))} photos (never trained on)")
         print("| lever | tile F1 (P / R), all | tile F1 (P / R), half B | ROC AUC all / B | dataset test accuracy "
-              "| epochs (best) | wall |")
-        print("|---|---|---|---|---:|---:|---:|")
+              "| joint / plain crack-free tiles called crack | epochs (best) | wall |")
+        print("|---|---|---|---|---:|---:|---:|---:|")
         for name in opts.levers:
             runs = []
             for seed in opts.seeds:
@@ -118,21 +154,34 @@ def main() -> None:
                           half_a, half_b, root)
                 runs.append(r)
                 print(f"| {name}, seed {seed} | {_f1(r['all'])} | {_f1(r['B'])} | {_auc(r['all'])} / {_auc(r['B'])} "
-                      f"| {100 * r['accuracy']:.1f} % | {r['train']['epochs']} ({r['train']['best_epoch']}) "
+                      f"| {100 * r['accuracy']:.1f} % | {_joints(r['joints'])} "
+                      f"| {r['train']['epochs']} ({r['train']['best_epoch']}) "
                       f"| {r['wall'] / 60:.1f} min |", flush=True)
             if len(runs) > 1:
-                print(f"| **{name}, mean of {len(runs)}** | {_span(runs, 'all', 'f1')} | {_span(runs, 'B', 'f1')} "
+                print(f"| **{name}, mean of {len(runs)}** | {_span(runs, 'all', 'f1')} {_pr(runs, 'all')} "
+                      f"| {_span(runs, 'B', 'f1')} {_pr(runs, 'B')} "
                       f"| {_span(runs, 'all', 'roc_auc')} / {_span(runs, 'B', 'roc_auc')} "
-                      f"| {_span(runs, None, 'accuracy', 100, '{:.1f}')} % | | |", flush=True)
+                      f"| {_span(runs, None, 'accuracy', 100, '{:.1f}')} % "
+                      f"| {_span(runs, 'joints', 'joint_fp', 100, '{:.0f}')} / {_span(runs, 'joints', 'plain_fp', 100, '{:.0f}')} % "
+                      f"| | |", flush=True)
 
 
 def _span(runs: list[dict], half: str | None, key: str, scale: float = 1, fmt: str = "{:.3f}") -> str:
     """Mean (min to max) of one figure over the seeds' runs: how far one seed moves it."""
-    values = [scale * v for r in runs if (v := (r[half] if half else r).get(key)) is not None]
+    values = [scale * v for r in runs if (v := ((r[half] if half else r) or {}).get(key)) is not None]
     if not values:
         return "n/a"
     mean, low, high = (fmt.format(v) for v in (sum(values) / len(values), min(values), max(values)))
     return f"{mean} ({low} to {high})"
+
+
+def _pr(runs: list[dict], half: str) -> str:
+    """Mean precision / recall over the seeds' runs."""
+    return "(" + " / ".join(f"{sum(r[half][k] for r in runs) / len(runs):.3f}" for k in ("precision", "recall")) + ")"
+
+
+def _joints(j: dict | None) -> str:
+    return "n/a" if j is None else f"{100 * j['joint_fp']:.0f} % of {j['joint_tiles']} / {100 * j['plain_fp']:.0f} % of {j['plain_tiles']}"
 
 
 def _f1(m: dict) -> str:
