@@ -48,6 +48,7 @@ LEVERS = {  # over today's params.yaml
     "centered": {"train": {"center_inputs": True}},  # pixels -1..1 into conv1
     "centered-own": {**OWN, "train": {"center_inputs": True}},
     "patience": {"train": {"early_stopping_patience": 6}},  # early stopping waits twice as long
+    "joints": {"train": {"joint_negatives": 0.1}},  # formwork joints drawn on own no-crack images
     "size227": {"preprocess": {"image_size": 227}, "train": {"learning_rate": 0.0003}},  # native patch size
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
 }

@@ -81,6 +81,8 @@ class TrainParams(_Section):
     augment_jpeg: Annotated[int, Field(ge=0, le=95)] = 0  # re-saved as JPEG at a quality in [q, 95] (batches.py)
     # Drawn no-crack images added to training, as a share of the train split (batches.plain_negatives).
     plain_negatives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # No-crack images of the train split with a formwork joint drawn on (batches.joint_lines), as a share.
+    joint_negatives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     optimizer: Literal["adam"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64
