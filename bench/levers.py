@@ -45,6 +45,7 @@ LEVERS = {  # over today's params.yaml
     "augmentation-own": {**OWN, "train": {"plain_negatives": 0}},
     "own": OWN,
     "own-x1": {"preprocess": {**OWN["preprocess"], "extra_oversample": 1}},  # each own tile once
+    "own-balanced": {"preprocess": {**OWN["preprocess"], "extra_balance": True}},  # own no-crack tiles x2
     "centered": {"train": {"center_inputs": True}},  # pixels -1..1 into conv1
     "centered-own": {**OWN, "train": {"center_inputs": True}},
     "patience": {"train": {"early_stopping_patience": 6}},  # early stopping waits twice as long

@@ -378,6 +378,23 @@ def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
         m["sources"]["tiles-a"]["test"]["total"]
 
 
+def test_extra_balance_repeats_the_rarer_class_of_each_source():
+    from types import SimpleNamespace as Tile
+
+    train = [Tile(source="dataset", label=i % 2) for i in range(10)] + \
+        [Tile(source="a", label=1) for _ in range(6)] + [Tile(source="a", label=0) for _ in range(2)] + \
+        [Tile(source="b", label=0) for _ in range(3)] + [Tile(source="b", label=1)]
+
+    def counts(out):
+        return Counter((t.source, t.label) for t in out)
+
+    assert counts(preprocess.oversampled(train, 2, balance=False)) == \
+        {("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 4, ("b", 0): 6, ("b", 1): 2}
+    assert counts(preprocess.oversampled(train, 2, balance=True)) == \
+        {("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 12, ("b", 0): 6, ("b", 1): 6}
+    assert preprocess.oversampled(train, 1, balance=False) == train
+
+
 def test_photo_of_a_tile_name():
     assert preprocess.photo_of("tiles/Positive/DSC00550b__x0227_y0000.png") == "DSC00550b"
     assert preprocess.photo_of("Negative/00123.jpg") == "00123"

@@ -56,6 +56,7 @@ class PreprocessParams(_Section):
     workers: Annotated[int, Field(ge=0)] = 0  # 0: one per core
     extra: list[str] = []  # more Positive/ and Negative/ folders (e.g. from `crackclf tiles`), split by photo
     extra_oversample: Annotated[int, Field(ge=1, le=100)] = 1  # times each extra train tile is repeated
+    extra_balance: bool = False  # the rarer class of each extra source repeated as often as the commoner
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

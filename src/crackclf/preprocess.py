@@ -43,7 +43,7 @@ import os
 import re
 import signal
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,9 +82,10 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     extra = split_by_photo([im for im in files.kept if im.source != DATASET_SOURCE],
                            pp.val_fraction, pp.test_fraction, params.seed)
     splits = {s: sorted(splits[s] + extra[s], key=_array_order) for s in dataset.SPLITS}
-    metrics = _metrics(files, splits, pp.extra_oversample)
+    metrics = _metrics(files, splits, pp.extra_oversample, pp.extra_balance)
+    splits["train"] = oversampled(splits["train"], pp.extra_oversample, pp.extra_balance)
     with atomic_dir(out_dir) as tmp:
-        _write_outputs(tmp, read, files, splits, pp.image_size, workers, pp.extra_oversample)
+        _write_outputs(tmp, read, files, splits, pp.image_size, workers)
     write_json(metrics_path, metrics)
     return metrics
 
@@ -534,7 +535,24 @@ def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: boo
 # --- output ----------------------------------------------------------------------------------------
 
 
-def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1) -> dict:
+def oversampled(train: list[Entry], oversample: int, balance: bool) -> list[Entry]:
+    """The train split with extra sources' tiles repeated ``oversample`` times, so a few thousand photo
+    tiles still count beside the dataset's patches; with ``balance``, each extra source's rarer class
+    ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class."""
+    counts = Counter((im.source, im.label) for im in train if im.source != DATASET_SOURCE)
+
+    def times(im: Entry) -> int:
+        if im.source == DATASET_SOURCE:
+            return 1
+        if not balance:
+            return oversample
+        commoner = max(counts[im.source, label] for label in (0, 1))
+        return max(1, round(oversample * commoner / counts[im.source, im.label]))
+
+    return [im for im in train for _ in range(times(im))]
+
+
+def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool = False) -> dict:
     def per_class(images: list[Entry]) -> dict[str, int]:
         counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
         return {**counts, "total": len(images)}
@@ -551,16 +569,13 @@ def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1) 
         "sources": {src: {s: per_class([im for im in ims if im.source == src]) for s, ims in splits.items()}
                     for src in sorted({im.source for im in files.kept})},
         "extra_oversample": oversample,  # extra sources' train tiles appear this many times in the train arrays
+        "extra_balance": balance,  # ... and their rarer class more, as often as the commoner one
     }
 
 
 def _write_outputs(out: Path, read: Read, files: Files, splits: dict[str, list[Entry]], size: int,
-                   threads: int, oversample: int = 1) -> None:
-    """The arrays and their manifest, in the same order. Extra sources' train tiles are repeated
-    ``oversample`` times, so a few thousand photo tiles still count beside the dataset's patches."""
-    splits = {s: [im for im in ims for _ in range(oversample if s == "train" and im.source != DATASET_SOURCE
-                                                  else 1)]
-              for s, ims in splits.items()}
+                   threads: int) -> None:
+    """The arrays and their manifest, in the same order."""
     arrays = {dataset.images_path(out, s): [im.content for im in images] for s, images in splits.items()}
     read.save_images(arrays, size, threads)
     for s, images in splits.items():
