@@ -10,7 +10,7 @@ with several --seeds, a line per seed and one with the means (min to max): one s
 figures a lot.
 
 Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
-the first half of the photos is A, the rest B. The `*own` levers cut A with `crackclf tiles` into the
+the first half of the photos is A, the rest B. The `*own*` levers cut A with `crackclf tiles` into the
 workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
 
 Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores.
@@ -36,22 +36,21 @@ from workspace import crackclf, make_workspace, merge, run  # noqa: E402
 
 PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "augment_gamma": 0,
          "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0, "plain_negatives": 0}
-OWN = {"preprocess": {"extra": ["data/extra/A"], "extra_oversample": 3}}
+OWN = {"extra": ["data/extra/A"]}  # preprocess.*
+UNCENTRED = {"center_inputs": False}  # train.*: pixels 0..1 into conv1, as before centring
 LEVERS = {  # over today's params.yaml
-    "baseline": {"train": {**PLAIN, "epochs": 10}},  # before augmentation: flips and rotations, 10 epochs
-    "augmentation": {"train": {"plain_negatives": 0}},  # before plain negatives
-    "default": {},  # augmentation and plain negatives
-    "baseline-own": {**OWN, "train": {**PLAIN, "epochs": 15}},
-    "augmentation-own": {**OWN, "train": {"plain_negatives": 0}},
-    "own": OWN,
-    "own-x1": {"preprocess": {**OWN["preprocess"], "extra_oversample": 1}},  # each own tile once
-    "own-balanced": {"preprocess": {**OWN["preprocess"], "extra_balance": True}},  # own no-crack tiles x2
-    "centered": {"train": {"center_inputs": True}},  # pixels -1..1 into conv1
-    "centered-own": {**OWN, "train": {"center_inputs": True}},
-    "patience": {"train": {"early_stopping_patience": 6}},  # early stopping waits twice as long
+    "baseline": {"train": {**PLAIN, **UNCENTRED, "epochs": 10}},  # before augmentation: flips and rotations
+    "augmentation": {"train": {**UNCENTRED, "plain_negatives": 0}},  # before plain negatives
+    "uncentred": {"train": UNCENTRED},  # augmentation and plain negatives, before centring
+    "default": {},  # augmentation, plain negatives, centred inputs
     "joints": {"train": {"joint_negatives": 0.1}},  # formwork joints drawn on own no-crack images
-    "size227": {"preprocess": {"image_size": 227}, "train": {"learning_rate": 0.0003}},  # native patch size
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
+    "size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
+    "own": {"preprocess": OWN},  # half A's tiles, each once
+    "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
+    "own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True}},
+    "uncentred-own": {"preprocess": OWN, "train": UNCENTRED},
+    "uncentred-own-x3": {"preprocess": {**OWN, "extra_oversample": 3}, "train": UNCENTRED},
 }
 
 
