@@ -51,6 +51,8 @@ LEVERS = {  # over today's params.yaml
     "own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True}},
     "uncentred-own": {"preprocess": OWN, "train": UNCENTRED},
     "uncentred-own-x3": {"preprocess": {**OWN, "extra_oversample": 3}, "train": UNCENTRED},
+    "uncentred-own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True},
+                               "train": UNCENTRED},
 }
 
 

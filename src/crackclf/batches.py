@@ -98,8 +98,7 @@ def with_plain_negatives(x, y, share: float, seed: int):
     n = int(round(share * len(x)))
     if not n:
         return x, y
-    extra = plain_negatives(n, x.shape[1], seed)
-    return np.concatenate([np.asarray(x), extra]), np.concatenate([np.asarray(y), np.zeros(n, np.asarray(y).dtype)])
+    return _with_negatives(x, y, plain_negatives(n, x.shape[1], seed))
 
 
 def joint_lines(backgrounds: np.ndarray, seed: int) -> np.ndarray:
@@ -128,8 +127,13 @@ def with_joint_negatives(x, y, share: float, seed: int):
     if not n or not len(negatives):
         return x, y
     pick = np.sort(np.random.default_rng([seed, 3]).choice(negatives, n))
-    extra = joint_lines(np.asarray(x[pick]), seed)
-    return np.concatenate([np.asarray(x), extra]), np.concatenate([np.asarray(y), np.zeros(n, np.asarray(y).dtype)])
+    return _with_negatives(x, y, joint_lines(np.asarray(x[pick]), seed))
+
+
+def _with_negatives(x, y, extra: np.ndarray):
+    """``x``, ``y`` with the images ``extra`` appended, labelled no crack."""
+    y = np.asarray(y)
+    return np.concatenate([np.asarray(x), extra]), np.concatenate([y, np.zeros(len(extra), y.dtype)])
 
 
 def _tf_cached(x, y, chunk_bytes: int = 1 << 24):

@@ -89,7 +89,7 @@ class TrainParams(_Section):
     batch_size: PositiveInt = 64
     epochs: PositiveInt = 10
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
-    center_inputs: bool = False
+    center_inputs: bool = False  # pixels -1..1 into conv1 instead of 0..1 (model.py)
     deterministic: bool = False
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     mixed_precision: Literal["auto", "on", "off"] = "auto"
