@@ -165,7 +165,8 @@ def main() -> None:
                       f"| {_span(runs, 'B', 'f1')} {_pr(runs, 'B')} "
                       f"| {_span(runs, 'all', 'roc_auc')} / {_span(runs, 'B', 'roc_auc')} "
                       f"| {_span(runs, None, 'accuracy', 100, '{:.1f}')} % "
-                      f"| {_span(runs, 'joints', 'joint_fp', 100, '{:.0f}')} / {_span(runs, 'joints', 'plain_fp', 100, '{:.0f}')} % "
+                      f"| {_span(runs, 'joints', 'joint_fp', 100, '{:.0f}')} / "
+                      f"{_span(runs, 'joints', 'plain_fp', 100, '{:.0f}')} % "
                       f"| | |", flush=True)
 
 
@@ -184,7 +185,9 @@ def _pr(runs: list[dict], half: str) -> str:
 
 
 def _joints(j: dict | None) -> str:
-    return "n/a" if j is None else f"{100 * j['joint_fp']:.0f} % of {j['joint_tiles']} / {100 * j['plain_fp']:.0f} % of {j['plain_tiles']}"
+    if j is None:
+        return "n/a"
+    return f"{100 * j['joint_fp']:.0f} % of {j['joint_tiles']} / {100 * j['plain_fp']:.0f} % of {j['plain_tiles']}"
 
 
 def _f1(m: dict) -> str:
