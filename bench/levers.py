@@ -47,6 +47,7 @@ LEVERS = {  # over today's params.yaml
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
     "size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
+    "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
     "own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True}},
     "uncentred-own": {"preprocess": OWN, "train": UNCENTRED},
