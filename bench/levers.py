@@ -88,23 +88,21 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
     wall = time.perf_counter() - t
     scored_b = crackclf(ws, "score-photos", half_b)
     assert scored_b.returncode == 0, scored_b.stderr
-    tiles = crackclf(ws, "predict", photos / "images", "--tiles", ws / "tiles.csv", "--output", ws / "rows.csv")
-    assert tiles.returncode == 0, tiles.stderr
     evaluation = json.loads((ws / "metrics" / "eval.json").read_text())
     return {
         "all": json.loads((ws / "metrics" / "photos.json").read_text()),
         "B": json.loads(scored_b.stdout),
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
         "train": json.loads((ws / "metrics" / "train.json").read_text()),
-        "joints": joints(ws / "tiles.csv", photos),
+        "joints": joints(ws, photos),
         "wall": wall,
     }
 
 
-def joints(tiles_csv: Path, photos: Path) -> dict | None:
+def joints(ws: Path, photos: Path) -> dict | None:
     """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
-    the mask) called crack, split by whether the photo set's planking mask (``extras/planking_masks``)
-    covers at least 0.5 % of the tile. None when the set has no planking masks."""
+    the mask) called crack by the workspace's model, split by whether the photo set's planking mask
+    (``extras/planking_masks``) covers at least 0.5 % of the tile. None when the set has none."""
     import csv
 
     import numpy as np
@@ -113,6 +111,9 @@ def joints(tiles_csv: Path, photos: Path) -> dict | None:
     planking = photos / "extras" / "planking_masks"
     if not planking.is_dir():
         return None
+    tiles_csv = ws / "tiles.csv"
+    tiles = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
+    assert tiles.returncode == 0, tiles.stderr
     called: dict[bool, list[bool]] = {True: [], False: []}
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with open(tiles_csv, newline="") as f:

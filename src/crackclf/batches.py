@@ -93,14 +93,6 @@ def plain_negatives(n: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def with_plain_negatives(x, y, share: float, seed: int):
-    """The train split with ``share`` x its size of ``plain_negatives`` appended (label 0)."""
-    n = int(round(share * len(x)))
-    if not n:
-        return x, y
-    return _with_negatives(x, y, plain_negatives(n, x.shape[1], seed))
-
-
 def joint_lines(backgrounds: np.ndarray, seed: int) -> np.ndarray:
     """Each uint8 image with one straight dark groove drawn across it, near horizontal or vertical:
     a formwork-board joint. Real photos are full of them and the dataset shows none, so a model
@@ -119,20 +111,19 @@ def joint_lines(backgrounds: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def with_joint_negatives(x, y, share: float, seed: int):
-    """The train split with ``share`` x its size of ``joint_lines`` drawn on its own no-crack images
-    (label 0) appended."""
-    n = int(round(share * len(x)))
+def with_drawn_negatives(x, y, plain: float, joints: float, seed: int):
+    """The train split with drawn no-crack images appended (label 0), both shares of its own size:
+    ``plain`` x ``plain_negatives`` and ``joints`` x ``joint_lines`` on its own no-crack images.
+    One copy of the split, however many kinds are added; none (``x`` and ``y`` as they are) if none."""
+    n_plain, n_joints = (int(round(share * len(x))) for share in (plain, joints))
     negatives = np.flatnonzero(np.asarray(y) == 0)
-    if not n or not len(negatives):
+    extra = [plain_negatives(n_plain, x.shape[1], seed)] if n_plain else []
+    if n_joints and len(negatives):
+        pick = np.sort(np.random.default_rng([seed, 3]).choice(negatives, n_joints))
+        extra.append(joint_lines(np.asarray(x[pick]), seed))
+    if not extra:
         return x, y
-    pick = np.sort(np.random.default_rng([seed, 3]).choice(negatives, n))
-    return _with_negatives(x, y, joint_lines(np.asarray(x[pick]), seed))
-
-
-def _with_negatives(x, y, extra: np.ndarray):
-    """``x``, ``y`` with the images ``extra`` appended, labelled no crack."""
-    y = np.asarray(y)
+    extra, y = np.concatenate(extra), np.asarray(y)
     return np.concatenate([np.asarray(x), extra]), np.concatenate([y, np.zeros(len(extra), y.dtype)])
 
 
