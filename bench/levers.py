@@ -50,7 +50,6 @@ LEVERS = {  # over today's params.yaml
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
     "own-dense": {"preprocess": OWN, "tiles": ["--stride", "76"]},  # A cut into overlapping tiles: 2.8x as many
-    "own-dense-x2": {"preprocess": {**OWN, "extra_oversample": 2}, "tiles": ["--stride", "76"]},
     "scale2": {"predict": {"photo_scale": 2}},  # tiles of 114 photo px: thin cracks twice as wide at the input
     "own-scale2": {"preprocess": OWN, "predict": {"photo_scale": 2}},  # A cut, trained and B scored at that scale
     "own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True}},
@@ -83,11 +82,11 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
 def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
     ws = root / f"{name}-{overrides.get('seed', 'default')}"
     ws.mkdir()
-    tiles_args = overrides.pop("tiles", [])  # `crackclf tiles` options, not params
-    make_workspace(ws, merge({"download": {"url": str(sample)}, "photos": {"dir": str(photos)}}, overrides))
+    params = {key: value for key, value in overrides.items() if key != "tiles"}  # "tiles": `crackclf tiles` options
+    make_workspace(ws, merge({"download": {"url": str(sample)}, "photos": {"dir": str(photos)}}, params))
     t = time.perf_counter()
-    if "extra" in overrides.get("preprocess", {}):
-        cut = crackclf(ws, "tiles", half_a, ws / "data" / "extra" / "A", *tiles_args)
+    if "extra" in params.get("preprocess", {}):
+        cut = crackclf(ws, "tiles", half_a, ws / "data" / "extra" / "A", *overrides.get("tiles", []))
         assert cut.returncode == 0, cut.stderr
     run(ws, "dvc", "repro", timeout=3600)
     wall = time.perf_counter() - t
