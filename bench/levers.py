@@ -38,7 +38,7 @@ PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "aug
          "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0, "plain_negatives": 0}
 OWN = {"extra": ["data/extra/A"]}  # preprocess.*
 UNCENTRED = {"center_inputs": False}  # train.*: pixels 0..1 into conv1, as before centring
-LEVERS = {  # over today's params.yaml
+LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for half A, not params
     "baseline": {"train": {**PLAIN, **UNCENTRED, "epochs": 10}},  # before augmentation: flips and rotations
     "augmentation": {"train": {**UNCENTRED, "plain_negatives": 0}},  # before plain negatives
     "uncentred": {"train": UNCENTRED},  # augmentation and plain negatives, before centring
@@ -82,7 +82,7 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
 def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
     ws = root / f"{name}-{overrides.get('seed', 'default')}"
     ws.mkdir()
-    params = {key: value for key, value in overrides.items() if key != "tiles"}  # "tiles": `crackclf tiles` options
+    params = {key: value for key, value in overrides.items() if key != "tiles"}
     make_workspace(ws, merge({"download": {"url": str(sample)}, "photos": {"dir": str(photos)}}, params))
     t = time.perf_counter()
     if "extra" in params.get("preprocess", {}):
