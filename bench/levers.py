@@ -6,6 +6,7 @@ which `dvc repro` downloads the 2,000-image sample, trains and scores the photos
 on all photos and on half B, tile ROC AUC on both, the dataset's test accuracy (its own share of the
 test split when extra tiles are trained on), formwork joints called crack (crack-free tiles with and
 without the set's planking masks, from `crackclf predict --tiles`), the epochs run and the wall time;
+with --thresholds, the same model's figures on all photos and the dataset at other thresholds;
 with several --seeds, a line per seed and one with the means (min to max): one seed moves these
 figures a lot.
 
@@ -13,9 +14,11 @@ Halves: the photos sorted by name with a drone frame's crops kept together (DSC0
 the first half of the photos is A, the rest B. The `*own*` levers cut A with `crackclf tiles` into the
 workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
 
-Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores.
+Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores (9 to 11
+on a machine of that class 6 times slower).
 
-    python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--sample DIR] [--photos DIR] [--keep DIR]
+    python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--thresholds 0.3 0.7]
+                           [--sample DIR] [--photos DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
     return tmp / "A", tmp / "B"
 
 
-def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path) -> dict:
+def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path,
+          thresholds: list[float]) -> dict:
     ws = root / f"{name}-{overrides.get('seed', 'default')}"
     ws.mkdir()
     params = {key: value for key, value in overrides.items() if key != "tiles"}
@@ -99,39 +103,83 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
         "train": json.loads((ws / "metrics" / "train.json").read_text()),
         "joints": joints(ws, photos),
+        "thresholds": at_thresholds(ws, photos, thresholds) if thresholds else [],
         "wall": wall,
     }
 
 
-def joints(ws: Path, photos: Path) -> dict | None:
-    """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
-    the mask) called crack by the workspace's model, split by whether the photo set's planking mask
-    (``extras/planking_masks``) covers at least 0.5 % of the tile. None when the set has none."""
+def tiles(ws: Path, photos: Path) -> list[dict]:
+    """Every tile of the photo set as the workspace's model calls it (`crackclf predict --tiles`, at
+    the run's threshold): its share of crack pixels in the mask, probability, label and, where the set
+    has planking masks (``extras/planking_masks``), whether one covers at least 0.5 % of it."""
     import csv
 
     import numpy as np
     from PIL import Image
 
-    planking = photos / "extras" / "planking_masks"
-    if not planking.is_dir():
-        return None
     tiles_csv = ws / "tiles.csv"
-    tiles = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
-    assert tiles.returncode == 0, tiles.stderr
-    called: dict[bool, list[bool]] = {True: [], False: []}
-    masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if not tiles_csv.is_file():
+        cut = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
+        assert cut.returncode == 0, cut.stderr
+    planking = photos / "extras" / "planking_masks"
+    masks: dict[str, list[np.ndarray]] = {}
+    out = []
     with open(tiles_csv, newline="") as f:
         for row in csv.DictReader(f):
             stem = Path(row["path"]).stem
             if stem not in masks:
-                masks[stem] = tuple(np.asarray(Image.open(d / f"{stem}.png").convert("L")) > 127
-                                    for d in (photos / "masks", planking))
+                masks[stem] = [np.asarray(Image.open(d / f"{stem}.png").convert("L")) > 127
+                               for d in (photos / "masks", planking) if d.is_dir()]
             x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
-            crack, joint = (m[y:y + h, x:x + w] for m in masks[stem])
-            if not crack.any():
-                called[bool(joint.mean() >= 0.005)].append(row["label"] == "crack")
-    return {"joint_tiles": len(called[True]), "joint_fp": float(np.mean(called[True] or [0])),
-            "plain_tiles": len(called[False]), "plain_fp": float(np.mean(called[False] or [0]))}
+            crack, *joint = (m[y:y + h, x:x + w] for m in masks[stem])
+            out.append({"crack": float(crack.mean()), "probability": float(row["probability"]),
+                        "called": row["label"] == "crack", "joint": bool(joint[0].mean() >= 0.005) if joint else None})
+    return out
+
+
+def joints(ws: Path, photos: Path) -> dict | None:
+    """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
+    the mask) called crack by the workspace's model, split by whether the photo set's planking mask
+    covers at least 0.5 % of the tile. None when the set has no planking masks."""
+    if not (photos / "extras" / "planking_masks").is_dir():
+        return None
+    called: dict[bool, list[bool]] = {True: [], False: []}
+    for t in tiles(ws, photos):
+        if t["crack"] == 0:
+            called[t["joint"]].append(t["called"])
+    return {"joint_tiles": len(called[True]), "joint_fp": _share(called[True]),
+            "plain_tiles": len(called[False]), "plain_fp": _share(called[False])}
+
+
+def at_thresholds(ws: Path, photos: Path, thresholds: list[float]) -> list[dict]:
+    """The run's model at other thresholds: tile precision, recall and F1 on all photos (tile rule),
+    the share of crack-free tiles called crack (with and without a joint) and the dataset's test
+    accuracy (its own patches in plots/eval/predictions.csv), one dict per threshold."""
+    import csv
+
+    import numpy as np
+
+    from crackclf.photos import CRACK_FRACTION, classification
+
+    scored = [t for t in tiles(ws, photos) if t["crack"] == 0 or t["crack"] >= CRACK_FRACTION]
+    truth = np.array([t["crack"] > 0 for t in scored])
+    probs = np.array([t["probability"] for t in scored])
+    joint = np.array([bool(t["joint"]) for t in scored])
+    with open(ws / "plots" / "eval" / "predictions.csv", newline="") as f:
+        own = [r for r in csv.DictReader(f) if r["file"].startswith(("Positive/", "Negative/"))]  # the dataset's
+    actual = np.array([r["actual"] == "crack" for r in own])
+    dataset = np.array([float(r["probability"]) for r in own])
+    out = []
+    for th in thresholds:
+        called = probs >= th
+        out.append({"threshold": th, "scored_tiles": len(truth), **classification(truth, probs, th),
+                    "joint_fp": _share(called[~truth & joint]), "plain_fp": _share(called[~truth & ~joint]),
+                    "accuracy": float(np.mean((dataset >= th) == actual))})
+    return out
+
+
+def _share(called) -> float:
+    return float(sum(called) / len(called)) if len(called) else 0.0
 
 
 def main() -> None:
@@ -142,6 +190,8 @@ def main() -> None:
     ap.add_argument("--sample", type=Path, default=SHARED / "crack-sample", help="Positive/ and Negative/")
     ap.add_argument("--photos", type=Path, default=SHARED / "photos" / "uav75", help="images/ and masks/")
     ap.add_argument("--keep", type=Path, help="keep the workspaces here (default: a temporary folder)")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[],
+                    help="also score each run's model at these thresholds (all photos and the dataset)")
     opts = ap.parse_args()
     for need in (opts.sample, opts.photos):
         if not need.is_dir():
@@ -160,12 +210,15 @@ def main() -> None:
             runs = []
             for seed in opts.seeds:
                 r = lever(name, {**LEVERS[name], "seed": seed}, opts.sample.resolve(), opts.photos.resolve(),
-                          half_a, half_b, root)
+                          half_a, half_b, root, opts.thresholds)
                 runs.append(r)
                 print(f"| {name}, seed {seed} | {_f1(r['all'])} | {_f1(r['B'])} | {_auc(r['all'])} / {_auc(r['B'])} "
                       f"| {100 * r['accuracy']:.1f} % | {_joints(r['joints'])} "
                       f"| {r['train']['epochs']} ({r['train']['best_epoch']}) "
                       f"| {r['wall'] / 60:.1f} min |", flush=True)
+                for t in r["thresholds"]:
+                    print(f"| at threshold {t['threshold']:g} | {_f1(t)} | | | {100 * t['accuracy']:.1f} % "
+                          f"| {100 * t['joint_fp']:.0f} / {100 * t['plain_fp']:.0f} % | | |", flush=True)
             if len(runs) > 1:
                 print(f"| **{name}, mean of {len(runs)}** | {_span(runs, 'all', 'f1')} {_pr(runs, 'all')} "
                       f"| {_span(runs, 'B', 'f1')} {_pr(runs, 'B')} "
