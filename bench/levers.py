@@ -97,13 +97,15 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
     scored_b = crackclf(ws, "score-photos", half_b)
     assert scored_b.returncode == 0, scored_b.stderr
     evaluation = json.loads((ws / "metrics" / "eval.json").read_text())
+    planking = (photos / "extras" / "planking_masks").is_dir()
+    table = tiles(ws, photos) if planking or thresholds else []  # `crackclf predict` only when needed
     return {
         "all": json.loads((ws / "metrics" / "photos.json").read_text()),
         "B": json.loads(scored_b.stdout),
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
         "train": json.loads((ws / "metrics" / "train.json").read_text()),
-        "joints": joints(ws, photos),
-        "thresholds": at_thresholds(ws, photos, thresholds) if thresholds else [],
+        "joints": joints(table) if table else None,
+        "thresholds": at_thresholds(table, ws, thresholds) if thresholds else [],
         "wall": wall,
     }
 
@@ -118,7 +120,7 @@ def tiles(ws: Path, photos: Path) -> list[dict]:
     from PIL import Image
 
     tiles_csv = ws / "tiles.csv"
-    if not tiles_csv.is_file():
+    if not tiles_csv.is_file():  # kept workspaces: scored again without the model
         cut = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
         assert cut.returncode == 0, cut.stderr
     planking = photos / "extras" / "planking_masks"
@@ -137,21 +139,21 @@ def tiles(ws: Path, photos: Path) -> list[dict]:
     return out
 
 
-def joints(ws: Path, photos: Path) -> dict | None:
+def joints(table: list[dict]) -> dict | None:
     """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
     the mask) called crack by the workspace's model, split by whether the photo set's planking mask
     covers at least 0.5 % of the tile. None when the set has no planking masks."""
-    if not (photos / "extras" / "planking_masks").is_dir():
+    if table[0]["joint"] is None:
         return None
     called: dict[bool, list[bool]] = {True: [], False: []}
-    for t in tiles(ws, photos):
+    for t in table:
         if t["crack"] == 0:
             called[t["joint"]].append(t["called"])
     return {"joint_tiles": len(called[True]), "joint_fp": _share(called[True]),
             "plain_tiles": len(called[False]), "plain_fp": _share(called[False])}
 
 
-def at_thresholds(ws: Path, photos: Path, thresholds: list[float]) -> list[dict]:
+def at_thresholds(table: list[dict], ws: Path, thresholds: list[float]) -> list[dict]:
     """The run's model at other thresholds: tile precision, recall and F1 on all photos (tile rule),
     the share of crack-free tiles called crack (with and without a joint) and the dataset's test
     accuracy (its own patches in plots/eval/predictions.csv), one dict per threshold."""
@@ -161,7 +163,7 @@ def at_thresholds(ws: Path, photos: Path, thresholds: list[float]) -> list[dict]
 
     from crackclf.photos import CRACK_FRACTION, classification
 
-    scored = [t for t in tiles(ws, photos) if t["crack"] == 0 or t["crack"] >= CRACK_FRACTION]
+    scored = [t for t in table if t["crack"] == 0 or t["crack"] >= CRACK_FRACTION]
     truth = np.array([t["crack"] > 0 for t in scored])
     probs = np.array([t["probability"] for t in scored])
     joint = np.array([bool(t["joint"]) for t in scored])
