@@ -98,77 +98,81 @@ def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, 
     assert scored_b.returncode == 0, scored_b.stderr
     evaluation = json.loads((ws / "metrics" / "eval.json").read_text())
     planking = (photos / "extras" / "planking_masks").is_dir()
-    table = tiles(ws, photos) if planking or thresholds else []  # `crackclf predict` only when needed
+    table = tiles(ws, photos) if planking or thresholds else None  # `crackclf predict` only when needed
     return {
         "all": json.loads((ws / "metrics" / "photos.json").read_text()),
         "B": json.loads(scored_b.stdout),
         "accuracy": evaluation.get("sources", {}).get("dataset", evaluation)["accuracy"],
         "train": json.loads((ws / "metrics" / "train.json").read_text()),
-        "joints": joints(table) if table else None,
+        "joints": joints(table) if table is not None else None,
         "thresholds": at_thresholds(table, ws, thresholds) if thresholds else [],
         "wall": wall,
     }
 
 
-def tiles(ws: Path, photos: Path) -> list[dict]:
+def tiles(ws: Path, photos: Path) -> dict:
     """Every tile of the photo set as the workspace's model calls it (`crackclf predict --tiles`, at
-    the run's threshold): its share of crack pixels in the mask, probability, label and, where the set
-    has planking masks (``extras/planking_masks``), whether one covers at least 0.5 % of it."""
+    the run's threshold), as arrays: its tile-rule label, probability, whether it was called crack and,
+    where the set has planking masks (``extras/planking_masks``), whether one covers at least 0.5 % of
+    it (else ``joint`` is None)."""
     import csv
 
     import numpy as np
-    from PIL import Image
+
+    from crackclf.photos import CRACK_FRACTION, crack_fractions, photo_size, read_mask, tile_labels
 
     tiles_csv = ws / "tiles.csv"
-    if not tiles_csv.is_file():  # kept workspaces: scored again without the model
-        cut = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
-        assert cut.returncode == 0, cut.stderr
+    cut = crackclf(ws, "predict", photos / "images", "--tiles", tiles_csv, "--output", ws / "rows.csv")
+    assert cut.returncode == 0, cut.stderr
     planking = photos / "extras" / "planking_masks"
-    masks: dict[str, list[np.ndarray]] = {}
-    out = []
+    by_photo: dict[str, list[dict]] = {}
     with open(tiles_csv, newline="") as f:
         for row in csv.DictReader(f):
-            stem = Path(row["path"]).stem
-            if stem not in masks:
-                masks[stem] = [np.asarray(Image.open(d / f"{stem}.png").convert("L")) > 127
-                               for d in (photos / "masks", planking) if d.is_dir()]
-            x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
-            crack, *joint = (m[y:y + h, x:x + w] for m in masks[stem])
-            out.append({"crack": float(crack.mean()), "probability": float(row["probability"]),
-                        "called": row["label"] == "crack", "joint": bool(joint[0].mean() >= 0.005) if joint else None})
-    return out
+            by_photo.setdefault(row["path"], []).append(row)
+    parts: dict[str, list] = {"label": [], "probability": [], "called": [], "joint": []}
+    for path, rows in by_photo.items():
+        size, stem = photo_size(Path(path)), Path(path).stem
+        boxes = np.array([[int(r[k]) for k in ("x", "y", "width", "height")] for r in rows])
+        parts["label"].append(tile_labels(read_mask(photos / "masks" / f"{stem}.png", size), boxes)[0])
+        parts["probability"].append(np.array([float(r["probability"]) for r in rows]))
+        parts["called"].append(np.array([r["label"] == "crack" for r in rows]))
+        if planking.is_dir():
+            parts["joint"].append(crack_fractions(read_mask(planking / f"{stem}.png", size), boxes) >= CRACK_FRACTION)
+    return {key: np.concatenate(value) if value else None for key, value in parts.items()}
 
 
-def joints(table: list[dict]) -> dict | None:
+def joints(table: dict) -> dict | None:
     """Formwork joints, a classic false positive: the share of crack-free tiles (no crack pixel in
     the mask) called crack by the workspace's model, split by whether the photo set's planking mask
     covers at least 0.5 % of the tile. None when the set has no planking masks."""
-    if table[0]["joint"] is None:
+    from crackclf.photos import NO_CRACK
+
+    if table["joint"] is None:
         return None
-    called: dict[bool, list[bool]] = {True: [], False: []}
-    for t in table:
-        if t["crack"] == 0:
-            called[t["joint"]].append(t["called"])
-    return {"joint_tiles": len(called[True]), "joint_fp": _share(called[True]),
-            "plain_tiles": len(called[False]), "plain_fp": _share(called[False])}
+    free = table["label"] == NO_CRACK
+    joint, plain = table["called"][free & table["joint"]], table["called"][free & ~table["joint"]]
+    return {"joint_tiles": len(joint), "joint_fp": _share(joint), "plain_tiles": len(plain), "plain_fp": _share(plain)}
 
 
-def at_thresholds(table: list[dict], ws: Path, thresholds: list[float]) -> list[dict]:
+def at_thresholds(table: dict, ws: Path, thresholds: list[float]) -> list[dict]:
     """The run's model at other thresholds: tile precision, recall and F1 on all photos (tile rule),
     the share of crack-free tiles called crack (with and without a joint) and the dataset's test
-    accuracy (its own patches in plots/eval/predictions.csv), one dict per threshold."""
+    accuracy (its own patches of plots/eval/predictions.csv, by the manifest's source), one dict per
+    threshold."""
     import csv
 
     import numpy as np
 
-    from crackclf.photos import CRACK_FRACTION, classification
+    from crackclf.dataset import read_manifest
+    from crackclf.photos import CRACK, LEFT_OUT, classification
+    from crackclf.preprocess import DATASET_SOURCE
 
-    scored = [t for t in table if t["crack"] == 0 or t["crack"] >= CRACK_FRACTION]
-    truth = np.array([t["crack"] > 0 for t in scored])
-    probs = np.array([t["probability"] for t in scored])
-    joint = np.array([bool(t["joint"]) for t in scored])
+    scored = table["label"] != LEFT_OUT
+    truth, probs = table["label"][scored] == CRACK, table["probability"][scored]
+    joint = table["joint"][scored] if table["joint"] is not None else np.zeros_like(truth)
+    source = {r["file"]: r["source"] for r in read_manifest(ws / "data" / "prepared", "test")}
     with open(ws / "plots" / "eval" / "predictions.csv", newline="") as f:
-        own = [r for r in csv.DictReader(f) if r["file"].startswith(("Positive/", "Negative/"))]  # the dataset's
+        own = [r for r in csv.DictReader(f) if source[r["file"]] == DATASET_SOURCE]
     actual = np.array([r["actual"] == "crack" for r in own])
     dataset = np.array([float(r["probability"]) for r in own])
     out = []
@@ -181,7 +185,8 @@ def at_thresholds(table: list[dict], ws: Path, thresholds: list[float]) -> list[
 
 
 def _share(called) -> float:
-    return float(sum(called) / len(called)) if len(called) else 0.0
+    """The share of True in ``called``; 0 when it is empty."""
+    return float(called.mean()) if len(called) else 0.0
 
 
 def main() -> None:
