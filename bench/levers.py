@@ -14,8 +14,8 @@ Halves: the photos sorted by name with a drone frame's crops kept together (DSC0
 the first half of the photos is A, the rest B. The `*own*` levers cut A with `crackclf tiles` into the
 workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
 
-Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores (9 to 11
-on a machine of that class 6 times slower).
+Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores (4 to 7
+at `image_size: 227`; 9 to 11 on a machine of that class 6 times slower).
 
     python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--thresholds 0.3 0.7]
                            [--sample DIR] [--photos DIR] [--keep DIR]
@@ -48,10 +48,14 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "default": {},  # augmentation, plain negatives, centred inputs
     "joints": {"train": {"joint_negatives": 0.1}},  # formwork joints drawn on own no-crack images
     "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
-    "size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
+    "uncentred-size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
+    "size227": {"preprocess": {"image_size": 227}},  # the native patch size: thin cracks keep their width
+    "own-size227": {"preprocess": {**OWN, "image_size": 227}},
+    "own-x3-size227": {"preprocess": {**OWN, "image_size": 227, "extra_oversample": 3}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
+    "own-x3-long": {"preprocess": {**OWN, "extra_oversample": 3}, "train": {"epochs": 40, "early_stopping_patience": 6}},
     "own-dense": {"preprocess": OWN, "tiles": ["--stride", "76"]},  # A cut into overlapping tiles: 2.8x as many
     "scale2": {"predict": {"photo_scale": 2}},  # tiles of 114 photo px: thin cracks twice as wide at the input
     "own-scale2": {"preprocess": OWN, "predict": {"photo_scale": 2}},  # A cut, trained and B scored at that scale
