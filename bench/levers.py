@@ -56,6 +56,8 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
     "own-x3-long": {"preprocess": {**OWN, "extra_oversample": 3}, "train": {"epochs": 40, "early_stopping_patience": 6}},
+    "own-x3-wide": {"preprocess": {**OWN, "extra_oversample": 3},
+                    "train": {"conv_filters": [32, 64, 64], "dense_units": 128}},
     "own-dense": {"preprocess": OWN, "tiles": ["--stride", "76"]},  # A cut into overlapping tiles: 2.8x as many
     "scale2": {"predict": {"photo_scale": 2}},  # tiles of 114 photo px: thin cracks twice as wide at the input
     "own-scale2": {"preprocess": OWN, "predict": {"photo_scale": 2}},  # A cut, trained and B scored at that scale
