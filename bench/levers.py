@@ -40,32 +40,31 @@ from workspace import crackclf, make_workspace, merge, run  # noqa: E402
 PLAIN = {"augment_zoom": 0, "augment_brightness": 0, "augment_contrast": 0, "augment_gamma": 0,
          "augment_blur": 0, "augment_noise": 0, "augment_jpeg": 0, "plain_negatives": 0}
 OWN = {"extra": ["data/extra/A"]}  # preprocess.*
+OWN_X3 = {**OWN, "extra_oversample": 3}  # preprocess.*: half A's tiles, each three times
 UNCENTRED = {"center_inputs": False}  # train.*: pixels 0..1 into conv1, as before centring
+WIDE = {"conv_filters": [32, 64, 64], "dense_units": 128}  # train.*: twice the filters and dense units
 LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for half A, not params
     "baseline": {"train": {**PLAIN, **UNCENTRED, "epochs": 10}},  # before augmentation: flips and rotations
     "augmentation": {"train": {**UNCENTRED, "plain_negatives": 0}},  # before plain negatives
     "uncentred": {"train": UNCENTRED},  # augmentation and plain negatives, before centring
     "default": {},  # augmentation, plain negatives, centred inputs
     "joints": {"train": {"joint_negatives": 0.1}},  # formwork joints drawn on own no-crack images
-    "wide": {"train": {"conv_filters": [32, 64, 64], "dense_units": 128}},  # twice the filters and units
+    "wide": {"train": WIDE},
     "uncentred-size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
     "size227": {"preprocess": {"image_size": 227}},  # the native patch size: thin cracks keep their width
-    "own-size227": {"preprocess": {**OWN, "image_size": 227}},
-    "own-x3-size227": {"preprocess": {**OWN, "image_size": 227, "extra_oversample": 3}},
+    "own-x3-size227": {"preprocess": {**OWN_X3, "image_size": 227}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
-    "own-x3": {"preprocess": {**OWN, "extra_oversample": 3}},
-    "own-x3-long": {"preprocess": {**OWN, "extra_oversample": 3}, "train": {"epochs": 40, "early_stopping_patience": 6}},
-    "own-x3-wide": {"preprocess": {**OWN, "extra_oversample": 3},
-                    "train": {"conv_filters": [32, 64, 64], "dense_units": 128}},
+    "own-x3": {"preprocess": OWN_X3},
+    "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},
+    "own-x3-wide": {"preprocess": OWN_X3, "train": WIDE},
     "own-dense": {"preprocess": OWN, "tiles": ["--stride", "76"]},  # A cut into overlapping tiles: 2.8x as many
     "scale2": {"predict": {"photo_scale": 2}},  # tiles of 114 photo px: thin cracks twice as wide at the input
     "own-scale2": {"preprocess": OWN, "predict": {"photo_scale": 2}},  # A cut, trained and B scored at that scale
-    "own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True}},
+    "own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}},
     "uncentred-own": {"preprocess": OWN, "train": UNCENTRED},
-    "uncentred-own-x3": {"preprocess": {**OWN, "extra_oversample": 3}, "train": UNCENTRED},
-    "uncentred-own-balanced": {"preprocess": {**OWN, "extra_oversample": 3, "extra_balance": True},
-                               "train": UNCENTRED},
+    "uncentred-own-x3": {"preprocess": OWN_X3, "train": UNCENTRED},
+    "uncentred-own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}, "train": UNCENTRED},
 }
 
 
