@@ -48,7 +48,7 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "augmentation": {"train": {**UNCENTRED, "plain_negatives": 0}},  # before plain negatives
     "uncentred": {"train": UNCENTRED},  # augmentation and plain negatives, before centring
     "default": {},  # augmentation, plain negatives, centred inputs
-    "patience5": {"train": {"early_stopping_patience": 5}},  # early stopping waits 5 epochs, not 3
+    "patience3": {"train": {"early_stopping_patience": 3}},  # the default before patience 5
     "joints": {"train": {"joint_negatives": 0.1}},  # formwork joints drawn on own no-crack images
     "wide": {"train": WIDE},
     "uncentred-size227": {"preprocess": {"image_size": 227}, "train": {**UNCENTRED, "learning_rate": 0.0003}},
