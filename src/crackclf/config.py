@@ -88,7 +88,7 @@ class TrainParams(_Section):
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64
     epochs: PositiveInt = 10
-    early_stopping_patience: Annotated[int, Field(ge=0)] = 5
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 3
     center_inputs: bool = False  # pixels -1..1 into conv1 instead of 0..1 (model.py)
     deterministic: bool = False
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
