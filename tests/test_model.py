@@ -44,3 +44,21 @@ def test_first_conv_sees_the_pixels_scaled_once(augment, center, seen):
     to_conv = keras.Model(net.inputs, net.get_layer("conv1").input)
     x = np.stack([np.full((48, 48, 1), v, "float32") for v in (0, 127.5, 255)])
     np.testing.assert_allclose(np.asarray(to_conv(x, training=False))[:, 0, 0, 0], seen, atol=1e-6)
+
+
+def test_standardized_inputs_lose_exposure_and_contrast_but_not_flatness():
+    """``train.standardize_inputs``: one texture under other light and contrast reaches conv1 alike;
+    a nearly flat patch (spread under the floor) stays nearly flat instead of becoming loud noise."""
+    import keras
+
+    net = build_model(config.parse({"train": {"standardize_inputs": 0.04}}).train, 48, seed=1)
+    to_conv = keras.Model(net.inputs, net.get_layer("conv1").input)
+    texture = np.random.default_rng(0).normal(0, 20, (48, 48, 1))
+    seen = np.asarray(to_conv(np.stack([120 + texture, 40 + 2.5 * texture,
+                                        100 + 0.1 * texture]).astype("float32"), training=False))
+    np.testing.assert_allclose(seen[0], seen[1], atol=1e-3)
+    np.testing.assert_allclose(seen[0].mean(), 0, atol=1e-4)
+    np.testing.assert_allclose(seen[0].std(), 1, atol=1e-3)
+    assert seen[2].std() < 0.25  # spread 2 grey levels, floored at 0.04 x 255 = 10.2
+    reloaded = keras.models.model_from_json(net.to_json())  # a saved model rebuilds the layer
+    assert reloaded.get_layer("standardize").floor == 0.04

@@ -90,6 +90,8 @@ class TrainParams(_Section):
     epochs: PositiveInt = 10
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
     center_inputs: bool = False  # pixels -1..1 into conv1 instead of 0..1 (model.py)
+    # Each image to mean 0 and spread 1 into conv1, the spread floored at this (0..1 units); 0 = off.
+    standardize_inputs: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     deterministic: bool = False
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     mixed_precision: Literal["auto", "on", "off"] = "auto"

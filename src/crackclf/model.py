@@ -56,6 +56,25 @@ class RandomGamma(layers.Layer):
         return {**super().get_config(), "factor": self.factor, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="crackclf")
+class Standardize(layers.Layer):
+    """Each image to zero mean and unit spread (``train.standardize_inputs``): a photo's exposure and
+    contrast, which differ from the dataset's, no longer reach the convolutions. The spread is floored
+    so that a nearly flat patch (a dark border, bare sky) is not blown up into loud noise."""
+
+    def __init__(self, floor: float, **kwargs):
+        super().__init__(**kwargs)
+        self.floor = floor
+
+    def call(self, x):
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        spread = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
+        return (x - mean) / ops.maximum(spread, self.floor)
+
+    def get_config(self):
+        return {**super().get_config(), "floor": self.floor}
+
+
 def _photometric(x, train: TrainParams, seed_at):
     """Scale and photometric augmentation (``train.augment_*``, off at 0): real inspection photos
     differ from the dataset's patches in scale, light, focus and sensor noise."""
@@ -96,7 +115,10 @@ def build_model(train: TrainParams, image_size: int, seed: int | None = None) ->
         x = layers.RandomFlip("vertical", seed=seed_at(1), name="flip_vertical")(x)
         x = RandomTranspose(seed=seed_at(2), name="transpose")(x)
     x = _photometric(x, train, seed_at)
-    if train.center_inputs:  # after the photometric layers, which work on 0..1
+    # After the photometric layers, which work on 0..1.
+    if train.standardize_inputs:
+        x = Standardize(train.standardize_inputs, name="standardize")(x)
+    elif train.center_inputs:
         x = layers.Rescaling(2.0, offset=-1.0, name="center")(x)
     for i, filters in enumerate(train.conv_filters, start=1):
         x = layers.Conv2D(filters, train.kernel_size, activation="relu", name=f"conv{i}")(x)
