@@ -51,7 +51,9 @@ FORMAT = "1"  # the version of the metadata below
 OUTPUTS = ("crack_probability", "features")
 INPUT = "image"
 ARTIFACT = "onnx/model.onnx"  # the copy in the training's MLflow run, whatever the file's name
-PROBE_TOLERANCE = 1e-5  # probabilities; feature sums are compared relative to their size
+# Probabilities; feature sums are compared relative to their size. A damaged copy is off by far more;
+# a sound one of a standardized-input model (train.standardize_inputs) was off by 2.1e-5 at 1e-5.
+PROBE_TOLERANCE = 1e-4
 
 # metadata_props keys
 KEY_FORMAT = "crackclf.format"
