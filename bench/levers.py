@@ -60,6 +60,9 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "standardize-0.01": {"train": {"standardize_inputs": 0.01}},
     "own-standardize": {"preprocess": OWN, "train": {"standardize_inputs": 0.04}},
     "own-standardize-0.01": {"preprocess": OWN, "train": {"standardize_inputs": 0.01}},
+    # No-crack images stretched to the crack patches' spread: "contrast is crack" no longer holds.
+    "contrast": {"train": {"contrast_negatives": 0.2}},
+    "own-contrast": {"preprocess": OWN, "train": {"contrast_negatives": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},

@@ -111,16 +111,35 @@ def joint_lines(backgrounds: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def with_drawn_negatives(x, y, plain: float, joints: float, seed: int):
-    """The train split with drawn no-crack images appended (label 0), both shares of its own size:
-    ``plain`` x ``plain_negatives`` and ``joints`` x ``joint_lines`` on its own no-crack images.
-    One copy of the split, however many kinds are added; none (``x`` and ``y`` as they are) if none."""
-    n_plain, n_joints = (int(round(share * len(x))) for share in (plain, joints))
+def stretched(backgrounds: np.ndarray, seed: int) -> np.ndarray:
+    """Each uint8 image with its contrast stretched about its mean to a spread of 18 to 40 grey levels,
+    the crack patches' own range. The dataset's no-crack patches are smooth (spread 5 to 15 grey levels
+    in 80 % of them) and its crack patches are not (18 to 40), so a tile's spread alone tells them apart
+    (ROC AUC 0.99 on the 2,000-image sample; 0.51 on uav75's photo tiles): a model may learn "contrast
+    is crack", and real photos are full of rough, stained, contrasty concrete without cracks."""
+    rng = np.random.default_rng([seed, 4])
+    out = np.empty_like(backgrounds)
+    for i, image in enumerate(backgrounds):
+        pixels = image.astype(np.float32)
+        mean, spread = pixels.mean(), max(float(pixels.std()), 1.0)
+        gain = min(rng.uniform(18, 40) / spread, 8.0)  # at most 8x: sensor noise is stretched too
+        out[i] = np.clip(mean + (pixels - mean) * gain, 0, 255)
+    return out
+
+
+def with_drawn_negatives(x, y, plain: float, joints: float, contrast: float = 0.0, *, seed: int):
+    """The train split with drawn no-crack images appended (label 0), all shares of its own size:
+    ``plain`` x ``plain_negatives``, and on its own no-crack images ``joints`` x ``joint_lines`` and
+    ``contrast`` x ``stretched``. One copy of the split, however many kinds are added; none (``x``
+    and ``y`` as they are) if none."""
+    n_plain = int(round(plain * len(x)))
     negatives = np.flatnonzero(np.asarray(y) == 0)
     extra = [plain_negatives(n_plain, x.shape[1], seed)] if n_plain else []
-    if n_joints and len(negatives):
-        pick = np.sort(np.random.default_rng([seed, 3]).choice(negatives, n_joints))
-        extra.append(joint_lines(np.asarray(x[pick]), seed))
+    for stream, (share, draw) in enumerate([(joints, joint_lines), (contrast, stretched)], start=3):
+        n = int(round(share * len(x)))
+        if n and len(negatives):
+            pick = np.sort(np.random.default_rng([seed, stream]).choice(negatives, n))
+            extra.append(draw(np.asarray(x[pick]), seed))
     if not extra:
         return x, y
     extra, y = np.concatenate(extra), np.asarray(y)

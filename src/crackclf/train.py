@@ -69,7 +69,8 @@ def run(
     x, y = dataset.load_split(data_dir, "train")
     xv, yv = dataset.load_split(data_dir, "val")
     _check_shapes(data_dir, x, xv, size)
-    x, y = with_drawn_negatives(x, y, train.plain_negatives, train.joint_negatives, params.seed)
+    x, y = with_drawn_negatives(x, y, train.plain_negatives, train.joint_negatives, train.contrast_negatives,
+                               seed=params.seed)
 
     strategy = devices.strategy(train.distribute)
     keras.utils.set_random_seed(params.seed)
