@@ -58,8 +58,6 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # its plain concrete (ROC AUC 0.99), but not uav75's (0.51). The spread is floored at 0.04 or 0.01.
     "standardize": {"train": {"standardize_inputs": 0.04}},
     "standardize-0.01": {"train": {"standardize_inputs": 0.01}},
-    "own-standardize": {"preprocess": OWN, "train": {"standardize_inputs": 0.04}},
-    "own-standardize-0.01": {"preprocess": OWN, "train": {"standardize_inputs": 0.01}},
     # No-crack images stretched to the crack patches' spread: "contrast is crack" no longer holds.
     "contrast": {"train": {"contrast_negatives": 0.2}},
     "own-contrast": {"preprocess": OWN, "train": {"contrast_negatives": 0.2}},
