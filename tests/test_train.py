@@ -478,7 +478,6 @@ def test_joint_negatives_are_own_no_crack_images_with_one_straight_groove():
     assert len(both) == len(labels) == 60 and labels[40:].tolist() == [0] * 20
 
 
-
 def test_contrast_negatives_are_own_no_crack_images_stretched_to_a_cracks_spread():
     """A tile's spread alone tells the dataset's cracks from its smooth plain concrete; these
     no-crack images take that shortcut away: same picture, same mean, the crack patches' spread."""
@@ -489,13 +488,14 @@ def test_contrast_negatives_are_own_no_crack_images_stretched_to_a_cracks_spread
     assert len(x2) == len(y2) == 50 and y2[40:].tolist() == [0] * 10 and np.array_equal(x2[:40], smooth)
     assert np.array_equal(x2, batches.with_drawn_negatives(smooth, y, 0.0, 0.0, 0.25, seed=4)[0])
     for drawn in x2[40:].astype(float):
-        source = min(range(20, 40), key=lambda i: -np.corrcoef(smooth[i].ravel(), drawn.ravel())[0, 1])
+        source = max(range(20, 40), key=lambda i: np.corrcoef(smooth[i].ravel(), drawn.ravel())[0, 1])
         assert np.corrcoef(smooth[source].ravel(), drawn.ravel())[0, 1] > 0.99  # the same picture
         assert abs(drawn.mean() - smooth[source].mean()) < 2 and 17 < drawn.std() < 41
     flat = np.full((4, 64, 64, 1), 90, np.uint8)  # nothing to stretch: stays flat, not noise
     assert np.array_equal(batches.stretched(flat, seed=1), flat)
     all_three, labels = batches.with_drawn_negatives(smooth, y, 0.25, 0.25, 0.25, seed=4)
     assert len(all_three) == len(labels) == 70 and labels[40:].tolist() == [0] * 30
+
 
 MIRRORED_SCRIPT = """
 import sys

@@ -67,9 +67,8 @@ class Standardize(layers.Layer):
         self.floor = floor
 
     def call(self, x):
-        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
-        spread = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
-        return (x - mean) / ops.maximum(spread, self.floor)
+        mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
+        return (x - mean) / ops.maximum(ops.sqrt(variance), self.floor)
 
     def get_config(self):
         return {**super().get_config(), "floor": self.floor}
