@@ -61,6 +61,11 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # No-crack images stretched to the crack patches' spread: "contrast is crack" no longer holds.
     "contrast": {"train": {"contrast_negatives": 0.2}},
     "own-contrast": {"preprocess": OWN, "train": {"contrast_negatives": 0.2}},
+    # Position: a dataset patch is cut around its crack, a photo tile holds one anywhere.
+    "translate": {"train": {"augment_translate": 0.25}},  # shifted by up to a quarter of the side
+    "maxpool": {"train": {"global_pooling": "max"}},  # the head sees each feature's max over the image
+    "own-translate": {"preprocess": OWN, "train": {"augment_translate": 0.25}},
+    "own-maxpool": {"preprocess": OWN, "train": {"global_pooling": "max"}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},

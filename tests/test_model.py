@@ -6,9 +6,9 @@ import pytest
 from crackclf import config
 from crackclf.model import build_model, without_augmentation
 
-AUGMENT = {"augment": True, "augment_zoom": 0.2, "augment_brightness": 0.2, "augment_contrast": 0.3,
-           "augment_gamma": 0.5, "augment_blur": 1.5, "augment_noise": 8.0}
-PHOTOMETRIC = ("zoom", "brightness", "contrast", "gamma", "blur", "noise")
+AUGMENT = {"augment": True, "augment_zoom": 0.2, "augment_translate": 0.25, "augment_brightness": 0.2,
+           "augment_contrast": 0.3, "augment_gamma": 0.5, "augment_blur": 1.5, "augment_noise": 8.0}
+PHOTOMETRIC = ("zoom", "translate", "brightness", "contrast", "gamma", "blur", "noise")
 
 
 def test_augmentation_changes_training_inputs_only():
@@ -62,3 +62,23 @@ def test_standardized_inputs_lose_exposure_and_contrast_but_not_flatness():
     assert seen[2].std() < 0.25  # spread 2 grey levels, floored at 0.04 x 255 = 10.2
     reloaded = keras.models.model_from_json(net.to_json())  # a saved model rebuilds the layer
     assert reloaded.get_layer("standardize").floor == 0.04
+
+
+@pytest.mark.parametrize("pooling", ["max", "average"])
+def test_a_global_pool_scores_a_crack_alike_wherever_it_lies(pooling):
+    """``train.global_pooling``: a dark line moved by a multiple of the network's stride (three 2x2
+    pools: 8 px) gets the same probability; through flatten (the default) it does not."""
+    images = np.full((2, 64, 64, 1), 128, "float32")
+    # Moved 8 px down and 16 px right, seen by whole cells of the last pool in both (none past an edge).
+    images[0, 24:36, 24] = images[1, 32:44, 40] = 20
+    probability = {}
+    for head in ("none", pooling):
+        net = build_model(config.parse({"train": {"global_pooling": head}}).train, 64, seed=1)
+        probability[head] = np.asarray(net(images, training=False))[:, 0]
+    np.testing.assert_allclose(probability[pooling][0], probability[pooling][1], rtol=1e-5)
+    assert abs(probability["none"][0] - probability["none"][1]) > 1e-4
+
+
+def test_global_pooling_is_a_validated_param():
+    with pytest.raises(config.ConfigError, match="train.global_pooling"):
+        config.parse({"train": {"global_pooling": "min"}})

@@ -195,13 +195,15 @@ def test_other_backends_export_through_a_tensorflow_process(tiny_model_path, tmp
     assert meta[export.KEY_RUN_ID] == "run123" and meta[export.KEY_KERAS_SHA256] == files.sha256(path)
 
 
-def test_a_standardized_input_model_exports_and_answers_alike(tmp_path):
-    """``train.standardize_inputs`` puts a layer of crackclf's own before conv1: its ONNX copy passes
-    the probe check and answers like Keras, flat images (spread under the floor) included."""
+@pytest.mark.parametrize("train", [{"standardize_inputs": 0.04}, {"global_pooling": "max"}])
+def test_other_layers_export_and_answer_alike(tmp_path, train):
+    """``train.standardize_inputs`` puts a layer of crackclf's own before conv1, ``train.global_pooling``
+    another head: the ONNX copy passes the probe check and answers like Keras, flat images (spread under
+    the floor) included."""
     from crackclf import config
     from crackclf.model import build_model
 
-    net = build_model(config.parse({"train": {"standardize_inputs": 0.04}}).train, 48, seed=3)
+    net = build_model(config.parse({"train": train}).train, 48, seed=3)
     path = tmp_path / "model.keras"
     net.save(path)
     export.save_onnx_copy(net, path)

@@ -71,9 +71,12 @@ class TrainParams(_Section):
     pool_size: PositiveInt = 2
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     dense_units: PositiveInt = 64
+    # The head's input: every position's features (none: flatten) or their max or mean over the image.
+    global_pooling: Literal["none", "max", "average"] = "none"
     augment: bool = False
     # Scale and photometric augmentation in training (0 = off): see model._photometric.
     augment_zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # zoom in/out by up to this fraction
+    augment_translate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # shift by up to this fraction of the side
     augment_brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # shift by up to this share of the range
     augment_contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # contrast factor in [1 - c, 1 + c]
     augment_gamma: Annotated[float, Field(ge=0.0, le=4.0)] = 0.0  # gamma in [1/(1+g), 1+g]

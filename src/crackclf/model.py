@@ -80,6 +80,10 @@ def _photometric(x, train: TrainParams, seed_at):
     if train.augment_zoom:
         x = layers.RandomZoom((-train.augment_zoom, train.augment_zoom), fill_mode="reflect",
                               seed=seed_at(3), name="zoom")(x)
+    if train.augment_translate:
+        # A dataset patch is cut around its crack; a photo tile holds it anywhere, a corner too.
+        x = layers.RandomTranslation(train.augment_translate, train.augment_translate, fill_mode="reflect",
+                                     seed=seed_at(9), name="translate")(x)
     if train.augment_brightness:
         x = layers.RandomBrightness(train.augment_brightness, value_range=(0, 1), seed=seed_at(4),
                                     name="brightness")(x)
@@ -123,7 +127,9 @@ def build_model(train: TrainParams, image_size: int, seed: int | None = None) ->
         x = layers.Conv2D(filters, train.kernel_size, activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(train.pool_size, name=f"pool{i}")(x)
         x = layers.Dropout(train.dropout, seed=seed_at(10 + i), name=f"dropout{i}")(x)
-    x = layers.Flatten(name="flatten")(x)
+    # Flatten weighs each position on its own; a global pool sees a crack alike wherever it lies.
+    pool = {"none": layers.Flatten, "max": layers.GlobalMaxPooling2D, "average": layers.GlobalAveragePooling2D}
+    x = pool[train.global_pooling](name="flatten" if train.global_pooling == "none" else "global_pool")(x)
     x = layers.Dense(train.dense_units, activation="relu", name="dense")(x)
     # float32 output keeps the probability exact under mixed precision.
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="crack_probability")(x)
