@@ -66,6 +66,13 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "maxpool": {"train": {"global_pooling": "max"}},  # the head sees each feature's max over the image
     "own-translate": {"preprocess": OWN, "train": {"augment_translate": 0.25}},
     "own-maxpool": {"preprocess": OWN, "train": {"global_pooling": "max"}},
+    # Contrast factor in [0.3, 1.7] instead of [0.7, 1.3]: uav75's crack tiles spread 12.7 grey levels
+    # (median), the sample's crack patches 18 to 40; recall on the fainter half of the tiles is a third.
+    "contrast-wide": {"train": {"augment_contrast": 0.7}},
+    "own-contrast-wide": {"preprocess": OWN, "train": {"augment_contrast": 0.7}},
+    # Crack images faded to the no-crack patches' spread: a faint crack on smooth concrete is a crack.
+    "faint": {"train": {"faint_positives": 0.2}},
+    "own-faint": {"preprocess": OWN, "train": {"faint_positives": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},

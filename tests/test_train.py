@@ -451,9 +451,9 @@ def test_plain_negatives_are_flat_fields_gradients_and_edges_labelled_no_crack()
 
     x = np.full((20, 64, 64, 1), 128, np.uint8)
     y = np.ones(20, np.float32)
-    x2, y2 = batches.with_drawn_negatives(x, y, 0.25, 0.0, seed=4)
+    x2, y2 = batches.with_drawn_images(x, y, 0.25, 0.0, seed=4)
     assert len(x2) == len(y2) == 25 and y2[20:].tolist() == [0] * 5 and np.array_equal(x2[:20], x)
-    x3, y3 = batches.with_drawn_negatives(x, y, 0.0, 0.0, seed=4)
+    x3, y3 = batches.with_drawn_images(x, y, 0.0, 0.0, seed=4)
     assert x3 is x and y3 is y
 
 
@@ -461,9 +461,9 @@ def test_joint_negatives_are_own_no_crack_images_with_one_straight_groove():
     rng = np.random.default_rng(0)
     x = np.clip(rng.normal(150, 10, (40, 64, 64, 1)), 0, 255).astype(np.uint8)
     y = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
-    x2, y2 = batches.with_drawn_negatives(x, y, 0.0, 0.25, seed=4)
+    x2, y2 = batches.with_drawn_images(x, y, 0.0, 0.25, seed=4)
     assert len(x2) == len(y2) == 50 and y2[40:].tolist() == [0] * 10 and np.array_equal(x2[:40], x)
-    assert np.array_equal(x2, batches.with_drawn_negatives(x, y, 0.0, 0.25, seed=4)[0])  # the seed decides
+    assert np.array_equal(x2, batches.with_drawn_images(x, y, 0.0, 0.25, seed=4)[0])  # the seed decides
     for drawn in x2[40:]:
         source = next(i for i in range(20, 40) if (x[i].astype(int) - drawn >= 0).all())  # a no-crack image
         groove = x[source, ..., 0].astype(int) - drawn[..., 0]
@@ -472,9 +472,9 @@ def test_joint_negatives_are_own_no_crack_images_with_one_straight_groove():
         # one straight line: the grooved pixels lie along a single direction
         spread = np.linalg.svd(np.c_[rows - rows.mean(), cols - cols.mean()], compute_uv=False)
         assert spread[1] < 0.1 * spread[0]
-    assert batches.with_drawn_negatives(x, y, 0.0, 0.0, seed=4)[0] is x
-    assert batches.with_drawn_negatives(x, np.ones(40, np.float32), 0.0, 0.5, seed=4)[0] is x  # no no-crack image
-    both, labels = batches.with_drawn_negatives(x, y, 0.25, 0.25, seed=4)  # shares of the split as given
+    assert batches.with_drawn_images(x, y, 0.0, 0.0, seed=4)[0] is x
+    assert batches.with_drawn_images(x, np.ones(40, np.float32), 0.0, 0.5, seed=4)[0] is x  # no no-crack image
+    both, labels = batches.with_drawn_images(x, y, 0.25, 0.25, seed=4)  # shares of the split as given
     assert len(both) == len(labels) == 60 and labels[40:].tolist() == [0] * 20
 
 
@@ -484,17 +484,35 @@ def test_contrast_negatives_are_own_no_crack_images_stretched_to_a_cracks_spread
     rng = np.random.default_rng(0)
     smooth = np.clip(rng.normal(150, 6, (40, 64, 64, 1)), 0, 255).astype(np.uint8)
     y = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
-    x2, y2 = batches.with_drawn_negatives(smooth, y, 0.0, 0.0, 0.25, seed=4)
+    x2, y2 = batches.with_drawn_images(smooth, y, 0.0, 0.0, 0.25, seed=4)
     assert len(x2) == len(y2) == 50 and y2[40:].tolist() == [0] * 10 and np.array_equal(x2[:40], smooth)
-    assert np.array_equal(x2, batches.with_drawn_negatives(smooth, y, 0.0, 0.0, 0.25, seed=4)[0])
+    assert np.array_equal(x2, batches.with_drawn_images(smooth, y, 0.0, 0.0, 0.25, seed=4)[0])
     for drawn in x2[40:].astype(float):
         source = max(range(20, 40), key=lambda i: np.corrcoef(smooth[i].ravel(), drawn.ravel())[0, 1])
         assert np.corrcoef(smooth[source].ravel(), drawn.ravel())[0, 1] > 0.99  # the same picture
         assert abs(drawn.mean() - smooth[source].mean()) < 2 and 17 < drawn.std() < 41
     flat = np.full((4, 64, 64, 1), 90, np.uint8)  # nothing to stretch: stays flat, not noise
     assert np.array_equal(batches.stretched(flat, seed=1), flat)
-    all_three, labels = batches.with_drawn_negatives(smooth, y, 0.25, 0.25, 0.25, seed=4)
+    all_three, labels = batches.with_drawn_images(smooth, y, 0.25, 0.25, 0.25, seed=4)
     assert len(all_three) == len(labels) == 70 and labels[40:].tolist() == [0] * 30
+
+
+def test_faint_positives_are_own_crack_images_squeezed_to_plain_concretes_spread():
+    """The other side of contrast negatives: crack images as faint as uav75's hairline cracks on
+    smooth concrete, still labelled crack: same picture, same mean, the no-crack patches' spread."""
+    rng = np.random.default_rng(0)
+    rough = np.clip(rng.normal(120, 30, (40, 64, 64, 1)), 0, 255).astype(np.uint8)
+    y = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
+    x2, y2 = batches.with_drawn_images(rough, y, 0.0, 0.0, 0.0, 0.25, seed=4)
+    assert len(x2) == len(y2) == 50 and y2[40:].tolist() == [1] * 10 and np.array_equal(x2[:40], rough)
+    assert np.array_equal(x2, batches.with_drawn_images(rough, y, 0.0, 0.0, 0.0, 0.25, seed=4)[0])
+    for drawn in x2[40:].astype(float):
+        source = max(range(20), key=lambda i: np.corrcoef(rough[i].ravel(), drawn.ravel())[0, 1])
+        assert np.corrcoef(rough[source].ravel(), drawn.ravel())[0, 1] > 0.95  # a crack image, faded
+        assert abs(drawn.mean() - rough[source].mean()) < 2 and 4 < drawn.std() < 16
+    assert batches.with_drawn_images(rough, np.zeros(40, np.float32), 0.0, 0.0, 0.0, 0.5, seed=4)[0] is rough
+    every_kind, labels = batches.with_drawn_images(rough, y, 0.25, 0.25, 0.25, 0.25, seed=4)
+    assert len(every_kind) == len(labels) == 80 and labels[40:].tolist() == [0] * 30 + [1] * 10
 
 
 MIRRORED_SCRIPT = """

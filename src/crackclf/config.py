@@ -89,6 +89,8 @@ class TrainParams(_Section):
     joint_negatives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     # No-crack images of the train split with their contrast stretched to the crack patches' (batches.stretched).
     contrast_negatives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Crack images of the train split with their contrast squeezed to the no-crack patches' (batches.faded).
+    faint_positives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     optimizer: Literal["adam"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64

@@ -25,7 +25,7 @@ import keras
 import mlflow
 
 from crackclf import CrackclfError, config, dataset, devices, files, progress, say, tracking
-from crackclf.batches import Inputs, with_drawn_negatives
+from crackclf.batches import Inputs, with_drawn_images
 from crackclf.checkpoint import Checkpoint, Checkpointer, ResumableEarlyStopping, fingerprint
 from crackclf.config import Params
 from crackclf.export import save_onnx_copy
@@ -69,8 +69,8 @@ def run(
     x, y = dataset.load_split(data_dir, "train")
     xv, yv = dataset.load_split(data_dir, "val")
     _check_shapes(data_dir, x, xv, size)
-    x, y = with_drawn_negatives(x, y, train.plain_negatives, train.joint_negatives, train.contrast_negatives,
-                               seed=params.seed)
+    x, y = with_drawn_images(x, y, train.plain_negatives, train.joint_negatives, train.contrast_negatives,
+                             train.faint_positives, seed=params.seed)
 
     strategy = devices.strategy(train.distribute)
     keras.utils.set_random_seed(params.seed)
