@@ -73,6 +73,10 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # Crack images faded to the no-crack patches' spread: a faint crack on smooth concrete is a crack.
     "faint": {"train": {"faint_positives": 0.2}},
     "own-faint": {"preprocess": OWN, "train": {"faint_positives": 0.2}},
+    "own-faint-0.1": {"preprocess": OWN, "train": {"faint_positives": 0.1}},
+    "own-faint-0.05": {"preprocess": OWN, "train": {"faint_positives": 0.05}},
+    # Both sides at once: neither a tile's contrast nor its faintness says crack.
+    "own-faint-contrast": {"preprocess": OWN, "train": {"faint_positives": 0.2, "contrast_negatives": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
