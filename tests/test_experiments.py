@@ -135,14 +135,20 @@ def exp_show(ws: Path) -> dict[str, dict]:
 
     DVC 3.67 reads queue workers' files while the workers rewrite or delete them (seen in CI:
     "unexpected error - [Errno 2] No such file ... .run", "directory '.dvc/tmp/exps/tmp.../.dvc'
-    does not exist"): a failure is tried again, for up to 20 s.
+    does not exist"): a failure is tried again, for up to 20 s. Or it hangs: pygit2 waited for ever on
+    a blob of a worker's temporary repository deleted under it (seen in CI, py-spy: ``_BlobIO.readinto``
+    in ``collect_active_data``), so a call that takes over 90 s is killed and tried again too.
     """
+    shown = None
     for _ in range(10):
-        shown = run(ws, "dvc", "exp", "show", "--json", check=False)
+        try:
+            shown = run(ws, "dvc", "exp", "show", "--json", check=False, timeout=90)
+        except subprocess.TimeoutExpired:
+            continue
         if shown.returncode == 0:
             break
         time.sleep(2)
-    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert shown is not None and shown.returncode == 0, shown and shown.stderr[-3000:]
     out = {}
     for baseline in json.loads(shown.stdout):
         for exp in baseline.get("experiments") or []:
