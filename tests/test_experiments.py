@@ -148,7 +148,7 @@ def exp_show(ws: Path) -> dict[str, dict]:
         if shown.returncode == 0:
             break
         time.sleep(2)
-    assert shown is not None and shown.returncode == 0, shown and shown.stderr[-3000:]
+    assert shown is not None and shown.returncode == 0, "hung at every try" if shown is None else shown.stderr[-3000:]
     out = {}
     for baseline in json.loads(shown.stdout):
         for exp in baseline.get("experiments") or []:
