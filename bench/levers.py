@@ -77,6 +77,9 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-faint-0.05": {"preprocess": OWN, "train": {"faint_positives": 0.05}},
     # Both sides at once: neither a tile's contrast nor its faintness says crack.
     "own-faint-contrast": {"preprocess": OWN, "train": {"faint_positives": 0.2, "contrast_negatives": 0.2}},
+    # Only the crack faded, the concrete's texture and spread kept: faint cracks without "smooth is crack".
+    "faint-cracks": {"train": {"faint_cracks": 0.2}},
+    "own-faint-cracks": {"preprocess": OWN, "train": {"faint_cracks": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},

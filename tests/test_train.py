@@ -515,6 +515,30 @@ def test_faint_positives_are_own_crack_images_squeezed_to_plain_concretes_spread
     assert len(every_kind) == len(labels) == 80 and labels[40:].tolist() == [0] * 30 + [1] * 10
 
 
+
+def test_faint_cracks_fade_the_crack_and_keep_the_concrete():
+    """Unlike ``faded``, only what is darker than the texture fades: the concrete keeps its pixels
+    and spread (so smooth concrete does not become a crack sign), the crack keeps 15 to 50 % of its depth."""
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(140, 6, (40, 64, 64, 1)), 0, 255)
+    crack = np.zeros((64, 64), bool)
+    crack[np.arange(64), 20 + np.arange(64) // 4] = crack[np.arange(64), 21 + np.arange(64) // 4] = True
+    x[:20, crack] -= 60  # a dark diagonal crack, 2 px wide, on the 20 crack images
+    x = x.astype(np.uint8)
+    y = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
+    x2, y2 = batches.with_drawn_images(x, y, 0.0, 0.0, 0.0, 0.0, 0.25, seed=4)
+    assert len(x2) == len(y2) == 50 and y2[40:].tolist() == [1] * 10 and np.array_equal(x2[:40], x)
+    assert np.array_equal(x2, batches.with_drawn_images(x, y, 0.0, 0.0, 0.0, 0.0, 0.25, seed=4)[0])
+    depths = []
+    for drawn in x2[40:].astype(float)[..., 0]:
+        source = x[max(range(20), key=lambda i: np.corrcoef(x[i].ravel(), drawn.ravel())[0, 1]), ..., 0].astype(float)
+        assert np.mean(drawn[~crack] == source[~crack]) > 0.95  # the concrete as it was
+        assert abs(drawn[~crack].std() - source[~crack].std()) < 0.5
+        depths.append((drawn[~crack].mean() - drawn[crack].mean()) / (source[~crack].mean() - source[crack].mean()))
+    assert 0.1 < min(depths) and max(depths) < 0.65 and max(depths) - min(depths) > 0.05  # faded, by a random amount
+    every_kind, labels = batches.with_drawn_images(x, y, 0.25, 0.25, 0.25, 0.25, 0.25, seed=4)
+    assert len(every_kind) == len(labels) == 90 and labels[40:].tolist() == [0] * 30 + [1] * 20
+
 MIRRORED_SCRIPT = """
 import sys
 import tensorflow as tf

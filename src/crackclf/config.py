@@ -91,6 +91,8 @@ class TrainParams(_Section):
     contrast_negatives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     # Crack images of the train split with their contrast squeezed to the no-crack patches' (batches.faded).
     faint_positives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Crack images of the train split with only the crack faded, the concrete as it was (batches.faded_cracks).
+    faint_cracks: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     optimizer: Literal["adam"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64
