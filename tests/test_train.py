@@ -515,7 +515,6 @@ def test_faint_positives_are_own_crack_images_squeezed_to_plain_concretes_spread
     assert len(every_kind) == len(labels) == 80 and labels[40:].tolist() == [0] * 30 + [1] * 10
 
 
-
 def test_faint_cracks_fade_the_crack_and_keep_the_concrete():
     """Unlike ``faded``, only what is darker than the texture fades: the concrete keeps its pixels
     and spread (so smooth concrete does not become a crack sign), the crack keeps 15 to 50 % of its depth."""
@@ -538,6 +537,7 @@ def test_faint_cracks_fade_the_crack_and_keep_the_concrete():
     assert 0.1 < min(depths) and max(depths) < 0.65 and max(depths) - min(depths) > 0.05  # faded, by a random amount
     every_kind, labels = batches.with_drawn_images(x, y, 0.25, 0.25, 0.25, 0.25, 0.25, seed=4)
     assert len(every_kind) == len(labels) == 90 and labels[40:].tolist() == [0] * 30 + [1] * 20
+
 
 MIRRORED_SCRIPT = """
 import sys

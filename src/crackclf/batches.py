@@ -175,7 +175,8 @@ def with_drawn_images(x, y, plain: float, joints: float, contrast: float = 0.0, 
     y = np.asarray(y)
     n_plain = int(round(plain * len(x)))
     extra = [(plain_negatives(n_plain, x.shape[1], seed), 0)] if n_plain else []
-    kinds = [(3, joints, joint_lines, 0), (4, contrast, stretched, 0), (6, faint, faded, 1), (8, faint_cracks, faded_cracks, 1)]
+    kinds = [(3, joints, joint_lines, 0), (4, contrast, stretched, 0), (6, faint, faded, 1),
+             (8, faint_cracks, faded_cracks, 1)]
     for stream, share, draw, label in kinds:
         n, sources = int(round(share * len(x))), np.flatnonzero(y == label)
         if n and len(sources):
