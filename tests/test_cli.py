@@ -7,7 +7,7 @@ import json
 import pytest
 
 import synth
-from crackclf import cli, tracking
+from crackclf import cli, config, tracking
 from httpserver import free_port
 
 STAGES = ("download", "preprocess", "train", "evaluate", "predict")
@@ -28,6 +28,18 @@ def test_bad_params_exit_2_before_any_work(stage, tmp_path, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"crackclf {stage}: error: {tmp_path / 'params.yaml'}: train.batch_sise: unknown key (misspelt?)"]
+
+
+def test_yes_is_refused_for_a_number_and_kept_for_a_switch(tmp_path, capsys):
+    """YAML reads ``yes`` as true, which lax pydantic would take as 1: ``augment_zoom: yes`` would train
+    at a zoom of 100 %. A switch (``augment``) still takes it."""
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  augment: yes\n  augment_zoom: yes\n")
+    assert cli.main(["train", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"crackclf train: error: {params}: train.augment_zoom: got true")
+    params.write_text("train:\n  augment: yes\n  augment_zoom: 0.5\n")
+    assert config.load(params).train.augment is True
 
 
 @pytest.fixture

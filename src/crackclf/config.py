@@ -7,7 +7,7 @@ Every stage gets a typed, frozen ``Params`` object. A typo or a wrong type is a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,15 @@ class _Section(BaseModel):
     # defer_build: pydantic builds the schemas at first validation instead of at import; import plus
     # validation of params.yaml measured 0.13 s less (a large share of a one-photo predict's start-up)
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, defer_build=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_for_a_number(cls, value, info):
+        """YAML reads yes/no/on/off/true as booleans, and lax pydantic would take them as 1 and 0."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError(f"got {str(value).lower()}, not a value for this key (YAML reads yes/no/on/off as true/false)")
+        return value
 
 
 class DownloadParams(_Section):
