@@ -80,6 +80,8 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # Only the crack faded, the concrete's texture and spread kept: faint cracks without "smooth is crack".
     "faint-cracks": {"train": {"faint_cracks": 0.2}},
     "faint-cracks-0.1": {"train": {"faint_cracks": 0.1}},
+    # Own labels as before train.faint_cracks: auto (which is 0.1 with own tiles, so `own` has them now).
+    "own-no-faint-cracks": {"preprocess": OWN, "train": {"faint_cracks": 0}},
     "own-faint-cracks": {"preprocess": OWN, "train": {"faint_cracks": 0.2}},
     "own-faint-cracks-0.5": {"preprocess": OWN, "train": {"faint_cracks": 0.5}},
     "own-x2-faint-cracks": {"preprocess": {**OWN, "extra_oversample": 2}, "train": {"faint_cracks": 0.2}},

@@ -70,7 +70,7 @@ def run(
     xv, yv = dataset.load_split(data_dir, "val")
     _check_shapes(data_dir, x, xv, size)
     x, y = with_drawn_images(x, y, train.plain_negatives, train.joint_negatives, train.contrast_negatives,
-                             train.faint_positives, train.faint_cracks, seed=params.seed)
+                             train.faint_positives, params.faint_cracks, seed=params.seed)
 
     strategy = devices.strategy(train.distribute)
     keras.utils.set_random_seed(params.seed)
