@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crackclf import UsageError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _share_or_auto(value):
+    if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+        return value
+    raise ValueError(f"must be a number from 0 to 1 or 'auto', got {value!r}")
+
+
+ShareOrAuto = Annotated[float | Literal["auto"], BeforeValidator(_share_or_auto)]
 
 
 class ConfigError(UsageError):
@@ -35,7 +44,8 @@ class _Section(BaseModel):
         """YAML reads yes/no/on/off/true as booleans, and lax pydantic would take them as 1 and 0."""
         annotation = cls.model_fields[info.field_name].annotation
         if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
-            raise ValueError(f"got {str(value).lower()}, not a value for this key (YAML reads yes/no/on/off as true/false)")
+            raise ValueError(f"got {str(value).lower()}, not a value for this key "
+                             "(YAML reads yes/no/on/off as true/false)")
         return value
 
 
@@ -102,14 +112,7 @@ class TrainParams(_Section):
     faint_positives: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     # Crack images of the train split with only the crack faded, the concrete as it was (batches.faded_cracks);
     # auto: 0.1 when preprocess.extra adds your own tiles, else off (Params.faint_cracks; README, Faint cracks).
-    faint_cracks: float | Literal["auto"] = 0.0
-
-    @field_validator("faint_cracks", mode="before")
-    @classmethod
-    def _faint_cracks(cls, value):
-        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
-            return value
-        raise ValueError(f"must be a share from 0 to 1 or auto, got {value!r}")
+    faint_cracks: ShareOrAuto = 0.0
     optimizer: Literal["adam"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
     batch_size: PositiveInt = 64
@@ -126,15 +129,7 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    threshold: float | Literal["auto"] = 0.5  # auto: the F1-best threshold on validation
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _threshold(cls, value):
-        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
-            return value
-        raise ValueError(f"must be a number from 0 to 1 or 'auto', got {value!r}")
-
+    threshold: ShareOrAuto = 0.5  # auto: the F1-best threshold on validation
     batch_size: PositiveInt = 256
     worst_examples: Annotated[int, Field(ge=0, le=100)] = 16
     # The unfamiliar-input score (crackclf.unfamiliar), fitted here so that changing it retrains nothing.
