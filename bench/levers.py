@@ -89,7 +89,6 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-x3-faint-cracks": {"preprocess": OWN_X3, "train": {"faint_cracks": 0.2}},
     # Both kinds of faint crack: the faded patches for recall, the faded cracks for ranking.
     "own-faint-both": {"preprocess": OWN, "train": {"faint_positives": 0.1, "faint_cracks": 0.2}},
-    "own-faint-both-0.05": {"preprocess": OWN, "train": {"faint_positives": 0.05, "faint_cracks": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},

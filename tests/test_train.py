@@ -530,14 +530,14 @@ def test_faint_cracks_fade_the_crack_and_keep_the_concrete():
     assert np.array_equal(x2, batches.with_drawn_images(x, y, 0.0, 0.0, 0.0, 0.0, 0.25, seed=4)[0])
     depths = []
     for drawn in x2[40:].astype(float)[..., 0]:
-        source = x[max(range(20), key=lambda i: np.corrcoef(x[i].ravel(), drawn.ravel())[0, 1]), ..., 0].astype(float)
+        closest = max(range(20), key=lambda i: np.corrcoef(x[i].ravel(), drawn.ravel())[0, 1])
+        source = x[closest, ..., 0].astype(float)
         assert np.mean(drawn[~crack] == source[~crack]) > 0.95  # the concrete as it was
         assert abs(drawn[~crack].std() - source[~crack].std()) < 0.5
         depths.append((drawn[~crack].mean() - drawn[crack].mean()) / (source[~crack].mean() - source[crack].mean()))
     assert 0.1 < min(depths) and max(depths) < 0.65 and max(depths) - min(depths) > 0.05  # faded, by a random amount
     every_kind, labels = batches.with_drawn_images(x, y, 0.25, 0.25, 0.25, 0.25, 0.25, seed=4)
     assert len(every_kind) == len(labels) == 90 and labels[40:].tolist() == [0] * 30 + [1] * 20
-
 
 
 @pytest.mark.parametrize(("share", "extra", "expected"), [("auto", [], 0.0), ("auto", ["data/extra/a"], 0.1),
@@ -554,6 +554,7 @@ def test_faint_cracks_must_be_a_share_or_auto(bad):
     refused = "train.faint_cracks: (must be a number from 0 to 1 or 'auto'|got true)"
     with pytest.raises(config.ConfigError, match=refused):
         config.parse({"train": {"faint_cracks": bad}})
+
 
 MIRRORED_SCRIPT = """
 import sys

@@ -19,7 +19,7 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _share_or_auto(value):
-    if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+    if value == "auto" or (isinstance(value, (int, float)) and 0 <= value <= 1):  # booleans: _Section's check
         return value
     raise ValueError(f"must be a number from 0 to 1 or 'auto', got {value!r}")
 
@@ -151,8 +151,7 @@ class PredictParams(_Section):
     @field_validator("photo_scale", mode="before")
     @classmethod
     def _photo_scale(cls, value):
-        if value in ("auto", "none") or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                         and 0 < value <= 64):
+        if value in ("auto", "none") or (isinstance(value, (int, float)) and 0 < value <= 64):
             return value
         raise ValueError(f"must be auto, none or a factor above 0 (at most 64), got {value!r}")
 
