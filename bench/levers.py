@@ -12,13 +12,15 @@ figures a lot.
 
 Halves: the photos sorted by name with a drone frame's crops kept together (DSC00552 and DSC00552b);
 the first half of the photos is A, the rest B. The `*own*` levers cut A with `crackclf tiles` into the
-workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training.
+workspace's data/extra/A and train on it (preprocess.extra), so B is never seen in training. With
+--upscale, every photo and mask is resized first, so that each is cut into hundreds of tiles, most of
+them without a crack, as large inspection photos are, and A's tiles outnumber the sample's.
 
 Needs ../shared beside the repo (the sample and uav75); takes 1 to 3 minutes a run on 2 cores (4 to 7
 at `image_size: 227`; 9 to 11 on a machine of that class 6 times slower).
 
     python bench/levers.py [baseline default own ...] [--seeds 42 43 44] [--thresholds 0.3 0.7]
-                           [--sample DIR] [--photos DIR] [--keep DIR]
+                           [--sample DIR] [--photos DIR] [--keep DIR] [--upscale 6]
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # Both kinds of faint crack: the faded patches for recall, the faded cracks for ranking.
     "own-faint-both": {"preprocess": OWN, "train": {"faint_positives": 0.1, "faint_cracks": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
+    # Own labels as before preprocess.dataset_oversample: auto (which repeats the sample's patches when
+    # own tiles outnumber them: only with --upscale here, so `own` is this lever without it).
+    "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
     "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},
@@ -121,6 +126,26 @@ def halves(photos: Path, tmp: Path) -> tuple[Path, Path]:
             (tmp / name / "images" / image).symlink_to(photos / "images" / image)
             (tmp / name / "masks" / mask).symlink_to(photos / "masks" / mask)
     return tmp / "A", tmp / "B"
+
+
+def upscaled(photos: Path, factor: float, root: Path) -> Path:
+    """``photos`` resized by ``factor`` (images Lanczos, masks nearest): a stand-in for large photos cut
+    into hundreds of tiles each, where own tiles outnumber the sample's and few of them hold a crack."""
+    from PIL import Image
+
+    out = root / f"x{factor:g}"
+    for sub in ("images", "masks", "extras/planking_masks"):
+        if not (photos / sub).is_dir():
+            continue
+        (out / sub).mkdir(parents=True)
+        for path in sorted((photos / sub).iterdir()):
+            with Image.open(path) as img:
+                size = (round(img.width * factor), round(img.height * factor))
+                if sub == "images":
+                    img.convert("RGB").resize(size, Image.LANCZOS).save(out / sub / f"{path.stem}.png")
+                else:
+                    img.resize(size, Image.NEAREST).save(out / sub / path.name)
+    return out
 
 
 def lever(name: str, overrides: dict, sample: Path, photos: Path, half_a: Path, half_b: Path, root: Path,
@@ -238,6 +263,8 @@ def main() -> None:
     ap.add_argument("--sample", type=Path, default=SHARED / "crack-sample", help="Positive/ and Negative/")
     ap.add_argument("--photos", type=Path, default=SHARED / "photos" / "uav75", help="images/ and masks/")
     ap.add_argument("--keep", type=Path, help="keep the workspaces here (default: a temporary folder)")
+    ap.add_argument("--upscale", type=float, default=1,
+                    help="resize every photo by this factor first: many tiles a photo, few with a crack")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[],
                     help="also score each run's model at these thresholds (all photos and the dataset)")
     opts = ap.parse_args()
@@ -248,8 +275,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = opts.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        half_a, half_b = halves(opts.photos.resolve(), Path(tmp))
-        print(f"{opts.photos}: half A {len(list((half_a / 'images').iterdir()))} photos (own labels), "
+        photos = opts.photos.resolve()
+        if opts.upscale != 1:
+            photos = upscaled(photos, opts.upscale, root)
+        half_a, half_b = halves(photos, Path(tmp))
+        print(f"{opts.photos} (x {opts.upscale:g}): half A {len(list((half_a / 'images').iterdir()))} photos (own labels), "
               f"half B {len(list((half_b / 'images').iterdir()))} photos (never trained on)")
         print("| lever | tile F1 (P / R), all | tile F1 (P / R), half B | ROC AUC all / B | dataset test accuracy "
               "| joint / plain crack-free tiles called crack | epochs (best) | wall |")
@@ -257,7 +287,7 @@ def main() -> None:
         for name in opts.levers:
             runs = []
             for seed in opts.seeds:
-                r = lever(name, {**LEVERS[name], "seed": seed}, opts.sample.resolve(), opts.photos.resolve(),
+                r = lever(name, {**LEVERS[name], "seed": seed}, opts.sample.resolve(), photos,
                           half_a, half_b, root, opts.thresholds)
                 runs.append(r)
                 print(f"| {name}, seed {seed} | {_f1(r['all'])} | {_f1(r['B'])} | {_auc(r['all'])} / {_auc(r['B'])} "

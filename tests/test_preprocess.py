@@ -353,7 +353,8 @@ def write_tiles(root: Path, photos: int, seed: int = 3) -> Path:
 
 def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
     extra = write_tiles(tmp_path / "tiles-a", photos=10)
-    m = run(small_raw, tmp_path, extra=[str(extra)], extra_oversample=3, val_fraction=0.2, test_fraction=0.2)
+    m = run(small_raw, tmp_path, extra=[str(extra)], extra_oversample=3, dataset_oversample="auto",
+            val_fraction=0.2, test_fraction=0.2)
     rows = csv_rows(tmp_path / "prepared" / "manifest.csv")
     assert {r["source"] for r in rows} == {"dataset", "tiles-a"}
     ours = [r for r in rows if r["source"] == "tiles-a"]
@@ -368,6 +369,13 @@ def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
     per_split = Counter((r["split"], r["file"]) for r in ours)
     assert {n for (s, _), n in per_split.items() if s == "train"} == {3}
     assert {n for (s, _), n in per_split.items() if s != "train"} <= {1}
+    # ... and each dataset patch as often as the extra tiles then outnumber them (auto), not in val and test.
+    sources = m["sources"]
+    times = round(3 * sources["tiles-a"]["train"]["total"] / sources["dataset"]["train"]["total"])
+    assert m["dataset_oversample"] == times > 1
+    per_split = Counter((r["split"], r["file"]) for r in rows if r["source"] == "dataset")
+    assert {n for (s, _), n in per_split.items() if s == "train"} == {times}
+    assert {n for (s, _), n in per_split.items() if s != "train"} == {1}
     for s in dataset.SPLITS:
         x, y = dataset.load_split(tmp_path / "prepared", s)
         split_rows = [r for r in rows if r["split"] == s]
@@ -378,7 +386,7 @@ def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
         m["sources"]["tiles-a"]["test"]["total"]
 
 
-def test_extra_balance_repeats_the_rarer_class_of_each_source():
+def test_oversampling_repeats_extra_tiles_their_rarer_class_and_the_dataset():
     from types import SimpleNamespace as Tile
 
     train = [Tile(source="dataset", label=i % 2) for i in range(10)] + \
@@ -388,11 +396,22 @@ def test_extra_balance_repeats_the_rarer_class_of_each_source():
     def counts(out):
         return Counter((t.source, t.label) for t in out)
 
-    assert counts(preprocess.oversampled(train, 2, balance=False)) == \
-        {("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 4, ("b", 0): 6, ("b", 1): 2}
-    assert counts(preprocess.oversampled(train, 2, balance=True)) == \
-        {("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 12, ("b", 0): 6, ("b", 1): 6}
-    assert preprocess.oversampled(train, 1, balance=False) == train
+    def oversampled(*args):
+        out, dataset_times = preprocess.oversampled(train, *args)
+        return counts(out), dataset_times
+
+    assert oversampled(2, False) == \
+        ({("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 4, ("b", 0): 6, ("b", 1): 2}, 1)
+    assert oversampled(2, True) == \
+        ({("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 12, ("b", 0): 6, ("b", 1): 6}, 1)
+    assert preprocess.oversampled(train, 1, False) == (train, 1)
+    # The dataset's patches repeated: a number as given; auto as often as the extra tiles outnumber them.
+    assert oversampled(1, False, 3) == \
+        ({("dataset", 0): 15, ("dataset", 1): 15, ("a", 1): 6, ("a", 0): 2, ("b", 0): 3, ("b", 1): 1}, 3)
+    assert oversampled(1, False, "auto")[1] == 1  # 12 extra tiles beside 10 patches: no repeat
+    assert oversampled(3, False, "auto") == \
+        ({("dataset", 0): 20, ("dataset", 1): 20, ("a", 1): 18, ("a", 0): 6, ("b", 0): 9, ("b", 1): 3}, 4)
+    assert oversampled(2, True, "auto")[1] == 4  # 36 extra tiles after balancing: 3.6, rounded
 
 
 def test_photo_of_a_tile_name():
@@ -403,3 +422,11 @@ def test_photo_of_a_tile_name():
 def test_a_missing_extra_folder_is_a_one_line_error(small_raw, tmp_path):
     with pytest.raises(CrackclfError, match="preprocess.extra: .*nope: no such folder"):
         run(small_raw, tmp_path, extra=[str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize("bad", ["often", 0, 2.5, 101, True])
+def test_dataset_oversample_must_be_a_whole_number_or_auto(bad):
+    refused = "preprocess.dataset_oversample: (must be a whole number from 1 to 100 or 'auto'|got true)"
+    with pytest.raises(config.ConfigError, match=refused):
+        config.parse({"preprocess": {"dataset_oversample": bad}})
+    assert config.parse({"preprocess": {"dataset_oversample": "auto"}}).preprocess.dataset_oversample == "auto"

@@ -18,13 +18,20 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-def _share_or_auto(value):
-    if value == "auto" or (isinstance(value, (int, float)) and 0 <= value <= 1):  # booleans: _Section's check
-        return value
-    raise ValueError(f"must be a number from 0 to 1 or 'auto', got {value!r}")
+def _or_auto(fits, what: str) -> BeforeValidator:
+    """A key that takes ``auto`` or a value ``fits`` accepts (booleans are refused by _Section's check)."""
+    def check(value):
+        if value == "auto" or fits(value):
+            return value
+        raise ValueError(f"must be {what} or 'auto', got {value!r}")
+
+    return BeforeValidator(check)
 
 
-ShareOrAuto = Annotated[float | Literal["auto"], BeforeValidator(_share_or_auto)]
+ShareOrAuto = Annotated[float | Literal["auto"],
+                        _or_auto(lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number from 0 to 1")]
+TimesOrAuto = Annotated[int | Literal["auto"],
+                        _or_auto(lambda v: isinstance(v, int) and 1 <= v <= 100, "a whole number from 1 to 100")]
 
 
 class ConfigError(UsageError):
@@ -76,6 +83,8 @@ class PreprocessParams(_Section):
     extra: list[str] = []  # more Positive/ and Negative/ folders (e.g. from `crackclf tiles`), split by photo
     extra_oversample: Annotated[int, Field(ge=1, le=100)] = 1  # times each extra train tile is repeated
     extra_balance: bool = False  # the rarer class of each extra source repeated as often as the commoner
+    # Times each dataset train patch is repeated; auto: enough that extra tiles never outnumber them.
+    dataset_oversample: TimesOrAuto = 1
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

@@ -82,8 +82,10 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     extra = split_by_photo([im for im in files.kept if im.source != DATASET_SOURCE],
                            pp.val_fraction, pp.test_fraction, params.seed)
     splits = {s: sorted(splits[s] + extra[s], key=_array_order) for s in dataset.SPLITS}
-    metrics = _metrics(files, splits, pp.extra_oversample, pp.extra_balance)
-    splits["train"] = oversampled(splits["train"], pp.extra_oversample, pp.extra_balance)
+    train, dataset_times = oversampled(splits["train"], pp.extra_oversample, pp.extra_balance,
+                                       pp.dataset_oversample)
+    metrics = _metrics(files, splits, pp.extra_oversample, pp.extra_balance, dataset_times)
+    splits["train"] = train
     with atomic_dir(out_dir) as tmp:
         _write_outputs(tmp, read, files, splits, pp.image_size, workers)
     write_json(metrics_path, metrics)
@@ -535,24 +537,32 @@ def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: boo
 # --- output ----------------------------------------------------------------------------------------
 
 
-def oversampled(train: list[Entry], oversample: int, balance: bool) -> list[Entry]:
+def oversampled(train: list[Entry], oversample: int, balance: bool,
+                dataset_oversample: int | str = 1) -> tuple[list[Entry], int]:
     """The train split with extra sources' tiles repeated ``oversample`` times, so a few thousand photo
     tiles still count beside the dataset's patches; with ``balance``, each extra source's rarer class
-    ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class."""
+    ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class.
+    The dataset's patches appear ``dataset_oversample`` times; ``auto``: as often as it takes for the
+    extra tiles not to outnumber them, since thousands of one site's tiles beside a 2,000-patch sample
+    taught the model to call the dataset's plain concrete crack (README, Many own tiles). Also returns
+    that number."""
     counts = Counter((im.source, im.label) for im in train if im.source != DATASET_SOURCE)
 
     def times(im: Entry) -> int:
-        if im.source == DATASET_SOURCE:
-            return 1
         if not balance:
             return oversample
         commoner = max(counts[im.source, label] for label in (0, 1))
         return max(1, round(oversample * commoner / counts[im.source, im.label]))
 
-    return [im for im in train for _ in range(times(im))]
+    repeats = [None if im.source == DATASET_SOURCE else times(im) for im in train]
+    if dataset_oversample == "auto":
+        patches = repeats.count(None)
+        dataset_oversample = max(1, round(sum(filter(None, repeats)) / patches)) if patches else 1
+    return [im for im, n in zip(train, repeats) for _ in range(n or dataset_oversample)], dataset_oversample
 
 
-def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool = False) -> dict:
+def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool = False,
+             dataset_times: int = 1) -> dict:
     def per_class(images: list[Entry]) -> dict[str, int]:
         counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
         return {**counts, "total": len(images)}
@@ -570,6 +580,7 @@ def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, 
                     for src in sorted({im.source for im in files.kept})},
         "extra_oversample": oversample,  # extra sources' train tiles appear this many times in the train arrays
         "extra_balance": balance,  # ... and their rarer class more, as often as the commoner one
+        "dataset_oversample": dataset_times,  # the dataset's train patches appear this many times
     }
 
 
