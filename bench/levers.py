@@ -92,8 +92,8 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # Both kinds of faint crack: the faded patches for recall, the faded cracks for ranking.
     "own-faint-both": {"preprocess": OWN, "train": {"faint_positives": 0.1, "faint_cracks": 0.2}},
     "own": {"preprocess": OWN},  # half A's tiles, each once
-    # Own labels as before preprocess.dataset_oversample: auto (which repeats the sample's patches when
-    # own tiles outnumber them: only with --upscale here, so `own` is this lever without it).
+    # Own labels as before preprocess.dataset_oversample: auto, which repeats the sample's patches when own
+    # tiles outnumber them: only with --upscale here (at x 1 auto repeats nothing and `own` is this lever).
     "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
@@ -279,8 +279,8 @@ def main() -> None:
         if opts.upscale != 1:
             photos = upscaled(photos, opts.upscale, root)
         half_a, half_b = halves(photos, Path(tmp))
-        print(f"{opts.photos} (x {opts.upscale:g}): half A {len(list((half_a / 'images').iterdir()))} photos (own labels), "
-              f"half B {len(list((half_b / 'images').iterdir()))} photos (never trained on)")
+        print(f"{opts.photos} (x {opts.upscale:g}): half A {len(list((half_a / 'images').iterdir()))} photos "
+              f"(own labels), half B {len(list((half_b / 'images').iterdir()))} photos (never trained on)")
         print("| lever | tile F1 (P / R), all | tile F1 (P / R), half B | ROC AUC all / B | dataset test accuracy "
               "| joint / plain crack-free tiles called crack | epochs (best) | wall |")
         print("|---|---|---|---|---:|---:|---:|---:|")
