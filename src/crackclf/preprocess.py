@@ -542,10 +542,10 @@ def oversampled(train: list[Entry], oversample: int, balance: bool,
     """The train split with extra sources' tiles repeated ``oversample`` times, so a few thousand photo
     tiles still count beside the dataset's patches; with ``balance``, each extra source's rarer class
     ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class.
-    The dataset's patches appear ``dataset_oversample`` times; ``auto``: as often as it takes for the
-    extra tiles not to outnumber them, since thousands of one site's tiles beside a 2,000-patch sample
-    taught the model to call the dataset's plain concrete crack (README, Many own tiles). Also returns
-    that number."""
+    The dataset's patches appear ``dataset_oversample`` times; ``auto``: as many times as the repeated
+    extra tiles outnumber them (rounded, at least once), since thousands of own tiles beside a 2,000-patch
+    sample taught the model to call the dataset's plain concrete crack (README, Many own tiles). Also
+    returns that number."""
     counts = Counter((im.source, im.label) for im in train if im.source != DATASET_SOURCE)
 
     def times(im: Entry) -> int:
