@@ -83,7 +83,7 @@ class PreprocessParams(_Section):
     extra: list[str] = []  # more Positive/ and Negative/ folders (e.g. from `crackclf tiles`), split by photo
     extra_oversample: Annotated[int, Field(ge=1, le=100)] = 1  # times each extra train tile is repeated
     extra_balance: bool = False  # the rarer class of each extra source repeated as often as the commoner
-    # Times each dataset train patch is repeated; auto: enough that extra tiles never outnumber them.
+    # Times each dataset train patch is repeated; auto: as many times as the extra tiles outnumber them.
     dataset_oversample: TimesOrAuto = 1
 
     @model_validator(mode="after")
