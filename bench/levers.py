@@ -95,6 +95,9 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # Own labels as before preprocess.dataset_oversample: auto, which repeats the sample's patches when own
     # tiles outnumber them: only with --upscale here (at x 1 auto repeats nothing and `own` is this lever).
     "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1}},
+    # Own tiles of large photos are mostly plain concrete (9 to 16 % crack at --upscale 4 to 6): each folder's
+    # crack tiles repeated as often as its no-crack ones, the dataset's patches as often as all of them.
+    "own-balance": {"preprocess": {**OWN, "extra_balance": True}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
     "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},
