@@ -69,6 +69,7 @@ def small_raw(small, tmp_path_factory) -> Path:
 def test_arrays_match_manifest_labels_and_decode_path(small_raw, tmp_path):
     metrics = run(small_raw, tmp_path)
     out = tmp_path / "prepared"
+    assert dataset.train_repeats(out, "val") is None  # nothing repeated: validation unweighted
     members = member_bytes(small_raw)
     seen = []
     for split in dataset.SPLITS:
@@ -376,6 +377,9 @@ def test_extra_sources_are_split_by_photo_and_oversampled(small_raw, tmp_path):
     per_split = Counter((r["split"], r["file"]) for r in rows if r["source"] == "dataset")
     assert {n for (s, _), n in per_split.items() if s == "train"} == {times}
     assert {n for (s, _), n in per_split.items() if s != "train"} == {1}
+    # Validation weighs each image as often as train repeats its source and class (train's val_loss).
+    weights = dataset.train_repeats(tmp_path / "prepared", "val")
+    assert weights.tolist() == [3 if r["source"] == "tiles-a" else times for r in rows if r["split"] == "val"]
     for s in dataset.SPLITS:
         x, y = dataset.load_split(tmp_path / "prepared", s)
         split_rows = [r for r in rows if r["split"] == s]

@@ -399,6 +399,25 @@ def test_tf_epochs_depend_only_on_seed_and_epoch():
     assert epochs(2) == whole[2:]
 
 
+@pytest.mark.parametrize("backend", ["tf.data", "arrays"])
+def test_validation_weighs_images_as_training_repeats_them(backend, monkeypatch):
+    """val_loss is the weighted mean loss (weights scaled to mean 1), in both input pipelines."""
+    x = _textures(10, 4)
+    y = np.array([1, 0] * 5, np.float32)
+    repeats = np.array([4, 1, 4, 1, 4, 1, 1, 1, 1, 1], np.float32)
+    if backend == "arrays":
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    inputs = batches.Inputs(x, y, x, y, batch_size=4, seed=0, first_epoch=0, epochs=1, val_weights=repeats)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(loss="binary_crossentropy")
+    p = np.clip(model.predict(x, verbose=0).ravel(), 1e-7, 1 - 1e-7)
+    per_image = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    weighted = np.mean(per_image * repeats / repeats.mean())
+    assert model.evaluate(inputs.val, verbose=0) == pytest.approx(weighted, rel=1e-4)
+    assert abs(weighted - per_image.mean()) > 1e-3  # the weights matter here
+
+
 def _textures(n: int, size: int = 32) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)

@@ -26,17 +26,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Inputs:
     """Training and validation batches from the uint8 arrays, for whichever backend runs."""
 
-    def __init__(self, x, y, xv, yv, batch_size: int, seed: int, first_epoch: int, epochs: int, jpeg: int = 0):
+    def __init__(self, x, y, xv, yv, batch_size: int, seed: int, first_epoch: int, epochs: int, jpeg: int = 0,
+                 val_weights: np.ndarray | None = None):
         self.y, self.yv = np.asarray(y, np.float32), np.asarray(yv, np.float32)
         self.x, self.xv = x, xv
         self.steps = math.ceil(len(x) / batch_size)
         self.tf = keras.backend.backend() == "tensorflow"
+        if val_weights is not None:  # mean 1: val_loss stays on the scale of an unweighted one
+            val_weights = np.asarray(val_weights, np.float32) / np.mean(val_weights)
         if self.tf:
             self.train = tf_train_dataset(x, self.y, batch_size, seed, range(first_epoch, epochs), jpeg)
-            self.val = tf_eval_dataset(xv, self.yv, batch_size) if len(xv) else None
+            self.val = tf_eval_dataset(xv, self.yv, batch_size, val_weights) if len(xv) else None
         else:
             self.train = ArrayBatches(x, self.y, batch_size, seed, first_epoch, jpeg=jpeg)
-            self.val = ArrayBatches(xv, self.yv, batch_size) if len(xv) else None
+            self.val = ArrayBatches(xv, self.yv, batch_size, weights=val_weights) if len(xv) else None
 
     @property
     def monitor(self) -> str:
@@ -231,10 +234,15 @@ def tf_train_dataset(x, y, batch_size: int, seed: int, epochs: range, jpeg: int 
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def tf_eval_dataset(x, y, batch_size: int):
+def tf_eval_dataset(x, y, batch_size: int, weights: np.ndarray | None = None):
+    """Batches of (images, labels), or (images, labels, weights) with per-image ``weights``."""
     import tensorflow as tf
 
-    ds = _tf_cached(x, y).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = _tf_cached(x, y)
+    if weights is not None:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(np.asarray(weights, np.float32)))
+        ds = ds.map(lambda xy, w: (*xy, w))
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
 
 
@@ -247,9 +255,10 @@ class ArrayBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, x, y, batch_size: int, seed: int | None = None, first_epoch: int = 0, jpeg: int = 0,
-                 **kwargs):
+                 weights: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         self.x, self.y = np.ascontiguousarray(x), np.asarray(y, np.float32)  # one read of the memory map
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
         self.batch_size, self.seed, self.epoch, self.jpeg = batch_size, seed, first_epoch, jpeg
         self.on_epoch_begin()
 
@@ -268,6 +277,5 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])  # sorted: faster gather
-        if self.jpeg:
-            return jpeg_batch(self.x[idx], self.jpeg, [self.seed or 0, self.epoch, i]), self.y[idx]
-        return self.x[idx], self.y[idx]
+        x = jpeg_batch(self.x[idx], self.jpeg, [self.seed or 0, self.epoch, i]) if self.jpeg else self.x[idx]
+        return (x, self.y[idx]) if self.weights is None else (x, self.y[idx], self.weights[idx])

@@ -93,7 +93,7 @@ def run(
                 checkpoint.restore(model)
         history = list(state["history"]) if state else []
         inputs = Inputs(x, y, xv, yv, train.batch_size, params.seed, first_epoch=len(history), epochs=train.epochs,
-                        jpeg=train.augment_jpeg)
+                        jpeg=train.augment_jpeg, val_weights=dataset.train_repeats(data_dir, "val"))
         device = devices.device_tags(gpus, strategy, policy)
         say(
             f"training on {device['device']}, {device['distribute']}, {policy}: {len(x):,} train / {len(xv):,} val "
