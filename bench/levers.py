@@ -97,7 +97,10 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1}},
     # Own tiles of large photos are mostly plain concrete (9 to 16 % crack at --upscale 4 to 6): each folder's
     # crack tiles repeated as often as its no-crack ones, the dataset's patches as often as all of them.
+    # extra_balance: auto (the default) does that only where crack is the rarer class: at --upscale 4 `own`
+    # is `own-balance`, at x 1 (uav75's tiles two-thirds crack) it is `own-no-balance`.
     "own-balance": {"preprocess": {**OWN, "extra_balance": True}},
+    "own-no-balance": {"preprocess": {**OWN, "extra_balance": False}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
     "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},

@@ -416,6 +416,9 @@ def test_oversampling_repeats_extra_tiles_their_rarer_class_and_the_dataset():
     assert oversampled(3, False, "auto") == \
         ({("dataset", 0): 20, ("dataset", 1): 20, ("a", 1): 18, ("a", 0): 6, ("b", 0): 9, ("b", 1): 3}, 4)
     assert oversampled(2, True, "auto")[1] == 4  # 36 extra tiles after balancing: 3.6, rounded
+    # Balance auto: only where crack is the rarer class (b), not where it is the commoner (a).
+    assert oversampled(2, "auto") == \
+        ({("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 4, ("b", 0): 6, ("b", 1): 6}, 1)
 
 
 def test_photo_of_a_tile_name():
@@ -426,6 +429,13 @@ def test_photo_of_a_tile_name():
 def test_a_missing_extra_folder_is_a_one_line_error(small_raw, tmp_path):
     with pytest.raises(CrackclfError, match="preprocess.extra: .*nope: no such folder"):
         run(small_raw, tmp_path, extra=[str(tmp_path / "nope")])
+
+
+def test_extra_balance_is_true_false_or_auto():
+    with pytest.raises(config.ConfigError, match="preprocess.extra_balance: must be true, false or .auto., got .sometimes."):
+        config.parse({"preprocess": {"extra_balance": "sometimes"}})
+    assert config.parse({}).preprocess.extra_balance == "auto"
+    assert config.parse({"preprocess": {"extra_balance": False}}).preprocess.extra_balance is False
 
 
 @pytest.mark.parametrize("bad", ["often", 0, 2.5, 101, True])

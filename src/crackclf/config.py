@@ -32,6 +32,7 @@ ShareOrAuto = Annotated[float | Literal["auto"],
                         _or_auto(lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number from 0 to 1")]
 TimesOrAuto = Annotated[int | Literal["auto"],
                         _or_auto(lambda v: isinstance(v, int) and 1 <= v <= 100, "a whole number from 1 to 100")]
+BoolOrAuto = Annotated[bool | Literal["auto"], _or_auto(lambda v: isinstance(v, bool), "true, false")]
 
 
 class ConfigError(UsageError):
@@ -82,7 +83,9 @@ class PreprocessParams(_Section):
     workers: Annotated[int, Field(ge=0)] = 0  # 0: one per core
     extra: list[str] = []  # more Positive/ and Negative/ folders (e.g. from `crackclf tiles`), split by photo
     extra_oversample: Annotated[int, Field(ge=1, le=100)] = 1  # times each extra train tile is repeated
-    extra_balance: bool = False  # the rarer class of each extra source repeated as often as the commoner
+    # true: each extra source's rarer class repeated as often as its commoner; auto: only where that is
+    # crack (whole photos, mostly plain concrete)
+    extra_balance: BoolOrAuto = "auto"
     # Times each dataset train patch is repeated; auto: as many times as the extra tiles outnumber them.
     dataset_oversample: TimesOrAuto = 1
 

@@ -537,11 +537,14 @@ def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: boo
 # --- output ----------------------------------------------------------------------------------------
 
 
-def oversampled(train: list[Entry], oversample: int, balance: bool,
+def oversampled(train: list[Entry], oversample: int, balance: bool | str,
                 dataset_oversample: int | str = 1) -> tuple[list[Entry], int]:
     """The train split with extra sources' tiles repeated ``oversample`` times, so a few thousand photo
     tiles still count beside the dataset's patches; with ``balance``, each extra source's rarer class
-    ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class.
+    ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class;
+    ``auto``: only where crack is the rarer class, as in whole photos' tiles (mostly plain concrete),
+    which tilted the model to miss most cracks, while balancing crack-rich tiles cost F1 (README, Many
+    own tiles).
     The dataset's patches appear ``dataset_oversample`` times; ``auto``: as many times as the repeated
     extra tiles outnumber them (rounded, at least once), since thousands of own tiles beside a 2,000-patch
     sample taught the model to call the dataset's plain concrete crack (README, Many own tiles). Also
@@ -549,7 +552,7 @@ def oversampled(train: list[Entry], oversample: int, balance: bool,
     counts = Counter((im.source, im.label) for im in train if im.source != DATASET_SOURCE)
 
     def times(im: Entry) -> int:
-        if not balance:
+        if not balance or (balance == "auto" and counts[im.source, 1] >= counts[im.source, 0]):
             return oversample
         commoner = max(counts[im.source, label] for label in (0, 1))
         return max(1, round(oversample * commoner / counts[im.source, im.label]))
@@ -561,7 +564,7 @@ def oversampled(train: list[Entry], oversample: int, balance: bool,
     return [im for im, n in zip(train, repeats) for _ in range(n or dataset_oversample)], dataset_oversample
 
 
-def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool = False,
+def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool | str = False,
              dataset_times: int = 1) -> dict:
     def per_class(images: list[Entry]) -> dict[str, int]:
         counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
