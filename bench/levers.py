@@ -94,7 +94,7 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own": {"preprocess": OWN},  # half A's tiles, each once
     # Own labels as before preprocess.dataset_oversample: auto, which repeats the sample's patches when own
     # tiles outnumber them: only with --upscale here (at x 1 auto repeats nothing and `own` is this lever).
-    "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1}},
+    "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1, "extra_balance": False}},
     # Own tiles of large photos are mostly plain concrete (9 to 16 % crack at --upscale 4 to 6): each folder's
     # crack tiles repeated as often as its no-crack ones, the dataset's patches as often as all of them.
     # extra_balance: auto (the default) does that only where crack is the rarer class: at --upscale 4 `own`
