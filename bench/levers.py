@@ -101,6 +101,9 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # is `own-balance`, at x 1 (uav75's tiles two-thirds crack) it is `own-no-balance`.
     "own-balance": {"preprocess": {**OWN, "extra_balance": True}},
     "own-no-balance": {"preprocess": {**OWN, "extra_balance": False}},
+    # Balanced, the model is trained on a 1 : 1 mix but meets photos where cracks are rare; the unweighted
+    # validation split holds the photos' own mix, so its F1-best threshold may correct for that.
+    "own-threshold-auto": {"preprocess": OWN, "evaluate": {"threshold": "auto"}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
     "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},
