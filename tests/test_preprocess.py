@@ -432,7 +432,8 @@ def test_a_missing_extra_folder_is_a_one_line_error(small_raw, tmp_path):
 
 
 def test_extra_balance_is_true_false_or_auto():
-    with pytest.raises(config.ConfigError, match="preprocess.extra_balance: must be true, false or .auto., got .sometimes."):
+    refused = "preprocess.extra_balance: must be true, false or 'auto', got 'sometimes'"
+    with pytest.raises(config.ConfigError, match=refused):
         config.parse({"preprocess": {"extra_balance": "sometimes"}})
     assert config.parse({}).preprocess.extra_balance == "auto"
     assert config.parse({"preprocess": {"extra_balance": False}}).preprocess.extra_balance is False

@@ -2,7 +2,7 @@
 
 ``data/prepared/`` holds, per split, ``{split}_images.npy`` (uint8, N x size x size x 1)
 and ``{split}_labels.npy`` (uint8, N; crack = 1, no crack = 0), plus ``manifest.csv``
-(``file,label,split``, rows in array order) and ``skipped.csv`` (``file,reason``).
+(``file,label,split,source``, rows in array order) and ``skipped.csv`` (``file,reason``).
 Plain .npy files load memory-mapped, so a split never has to fit in memory twice.
 """
 
