@@ -74,13 +74,9 @@ def train_repeats(data_dir: str | Path, split: str = "val") -> np.ndarray | None
     if not (Path(data_dir) / "manifest.csv").exists():
         return None
     rows = read_manifest(data_dir)
-
-    def kind(row):
-        return row.get("source", ""), row["label"]
-
-    train = [r for r in rows if r["split"] == "train"]
-    times = Counter(map(kind, train))
-    distinct = Counter(kind(r) for r in {(r.get("source", ""), r["file"]): r for r in train}.values())
-    weights = np.array([times[kind(r)] / distinct[kind(r)] if distinct[kind(r)] else 1.0
-                        for r in rows if r["split"] == split], np.float32)
+    kinds = [(r.get("source", ""), r["label"]) for r in rows]  # manifests before sources had no column
+    train = [(k, r["file"]) for k, r in zip(kinds, rows) if r["split"] == "train"]
+    times, distinct = Counter(k for k, _ in train), Counter(k for k, _ in set(train))
+    weights = np.array([times[k] / distinct[k] if k in distinct else 1.0
+                        for k, r in zip(kinds, rows) if r["split"] == split], np.float32)
     return weights if (weights != 1).any() else None
