@@ -101,6 +101,8 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     # is `own-balance`, at x 1 (uav75's tiles two-thirds crack) it is `own-no-balance`.
     "own-balance": {"preprocess": {**OWN, "extra_balance": True}},
     "own-no-balance": {"preprocess": {**OWN, "extra_balance": False}},
+    # Part way: crack tiles up to half the no-crack ones (at x 4 each twice instead of four times).
+    "own-balance-half": {"preprocess": {**OWN, "extra_balance_ratio": 0.5}},
     # Balanced, the model is trained on a 1 : 1 mix but meets photos where cracks are rare; the unweighted
     # validation split holds the photos' own mix, so its F1-best threshold may correct for that.
     "own-threshold-auto": {"preprocess": OWN, "evaluate": {"threshold": "auto"}},

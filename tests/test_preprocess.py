@@ -419,6 +419,9 @@ def test_oversampling_repeats_extra_tiles_their_rarer_class_and_the_dataset():
     # Balance auto: only where crack is the rarer class (b), not where it is the commoner (a).
     assert oversampled(2, "auto") == \
         ({("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 4, ("b", 0): 6, ("b", 1): 6}, 1)
+    # Part way: each rarer class up to half its commoner one (a: 2 tiles x 1.5, b: 1 tile x 1.5), times 2.
+    assert oversampled(2, True, 1, 0.5) == \
+        ({("dataset", 0): 5, ("dataset", 1): 5, ("a", 1): 12, ("a", 0): 6, ("b", 0): 6, ("b", 1): 3}, 1)
 
 
 def test_photo_of_a_tile_name():

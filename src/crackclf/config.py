@@ -86,6 +86,8 @@ class PreprocessParams(_Section):
     # true: each extra source's rarer class repeated as often as its commoner; auto: only where that is
     # crack (whole photos, mostly plain concrete)
     extra_balance: BoolOrAuto = "auto"
+    # How far: the rarer class repeated until it is this share of the commoner one's count (1: as many).
+    extra_balance_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # Times each dataset train patch is repeated; auto: as many times as the extra tiles outnumber them.
     dataset_oversample: TimesOrAuto = 1
 

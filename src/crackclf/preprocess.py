@@ -83,7 +83,7 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
                            pp.val_fraction, pp.test_fraction, params.seed)
     splits = {s: sorted(splits[s] + extra[s], key=_array_order) for s in dataset.SPLITS}
     train, dataset_times = oversampled(splits["train"], pp.extra_oversample, pp.extra_balance,
-                                       pp.dataset_oversample)
+                                       pp.dataset_oversample, pp.extra_balance_ratio)
     metrics = _metrics(files, splits, pp.extra_oversample, pp.extra_balance, dataset_times)
     splits["train"] = train
     with atomic_dir(out_dir) as tmp:
@@ -538,13 +538,13 @@ def _assign(units: list[list[Entry]], fractions: dict[str, float], by_block: boo
 
 
 def oversampled(train: list[Entry], oversample: int, balance: bool | str,
-                dataset_oversample: int | str = 1) -> tuple[list[Entry], int]:
+                dataset_oversample: int | str = 1, ratio: float = 1.0) -> tuple[list[Entry], int]:
     """The train split with extra sources' tiles repeated ``oversample`` times, so a few thousand photo
     tiles still count beside the dataset's patches; with ``balance``, each extra source's rarer class
     ``oversample`` x (commoner / rarer) times, rounded, so its tiles do not tilt the model to one class;
     ``auto``: only where crack is the rarer class, as in whole photos' tiles (mostly plain concrete),
     which tilted the model to miss most cracks, while balancing crack-rich tiles cost F1 (README, Many
-    own tiles).
+    own tiles). ``ratio`` below 1 balances part way: the rarer class up to that share of the commoner.
     The dataset's patches appear ``dataset_oversample`` times; ``auto``: as many times as the repeated
     extra tiles outnumber them (rounded, at least once), since thousands of own tiles beside a 2,000-patch
     sample taught the model to call the dataset's plain concrete crack (README, Many own tiles). Also
@@ -555,7 +555,8 @@ def oversampled(train: list[Entry], oversample: int, balance: bool | str,
         if not balance or (balance == "auto" and counts[im.source, 1] >= counts[im.source, 0]):
             return oversample
         commoner = max(counts[im.source, label] for label in (0, 1))
-        return max(1, round(oversample * commoner / counts[im.source, im.label]))
+        own = counts[im.source, im.label]
+        return max(1, round(oversample * (ratio if own < commoner else 1.0) * commoner / own))
 
     repeats = [None if im.source == DATASET_SOURCE else times(im) for im in train]
     if dataset_oversample == "auto":
