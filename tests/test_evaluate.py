@@ -119,7 +119,7 @@ def test_run_writes_metrics_plots_and_threshold(prepared_dir, tiny_model_path, t
     assert temp_leftovers(tmp_path) == []  # no half-written output (files.atomic_path / atomic_dir names)
 
 
-def test_auto_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_path, tmp_path):
+def test_f1_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_path, tmp_path):
     # Flip the test labels: the F1-best threshold on test is then far from the one on validation.
     data = tmp_path / "prepared"
     shutil.copytree(prepared_dir, data)
@@ -127,7 +127,7 @@ def test_auto_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_pa
     np.save(dataset.labels_path(data, "test"), (1 - y_test).astype(np.uint8))
 
     out = _outputs(tmp_path)
-    metrics = evaluate.run(params(threshold="auto"), data, tiny_model_path, **out)
+    metrics = evaluate.run(params(threshold="f1"), data, tiny_model_path, **out)
 
     model = inference.load_model(tiny_model_path)
     x_val, y_val = dataset.load_split(data, "val")
@@ -137,7 +137,31 @@ def test_auto_threshold_is_chosen_on_validation_only(prepared_dir, tiny_model_pa
     assert abs(val_best - test_best) > 0.01
     assert metrics["threshold"] == pytest.approx(val_best, abs=1e-6)
     info = json.loads(out["threshold_path"].read_text())
-    assert info["threshold"] == metrics["threshold"] and info["chosen_by"].startswith("auto")
+    assert info["threshold"] == metrics["threshold"] and info["chosen_by"].startswith("f1")
+
+
+def test_auto_threshold_is_the_f1_one_only_where_training_rebalanced_a_source(prepared_dir, tiny_model_path,
+                                                                             tmp_path):
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, data)
+    model = inference.load_model(tiny_model_path)
+    x_val, y_val = dataset.load_split(data, "val")
+    val_best, _ = evaluate.best_f1_threshold(y_val, model.predict(x_val, 64))
+    assert abs(val_best - 0.5) > 1e-3
+    rows = [{**r, "source": r.get("source", "dataset")} for r in dataset.read_manifest(data)]
+
+    def auto_threshold(manifest_rows) -> float:
+        files.write_csv(data / "manifest.csv", ["file", "label", "split", "source"], manifest_rows)
+        return evaluate.choose_threshold("auto", data, model, 64)["threshold"]
+
+    # Each class repeated alike (the dataset's patches, or an own folder's tiles twice over): 0.5.
+    assert auto_threshold(rows) == 0.5
+    own = [{**r, "source": "own"} if i % 3 == 0 else r for i, r in enumerate(rows)]
+    own_train = [r for r in own if r["split"] == "train" and r["source"] == "own"]
+    assert {r["label"] for r in own_train} == {"0", "1"}
+    assert auto_threshold(own + own_train) == 0.5
+    # Its crack tiles repeated, its no-crack ones not: the F1-best on validation.
+    assert auto_threshold(own + [r for r in own_train if r["label"] == "1"]) == pytest.approx(val_best, abs=1e-6)
 
 
 @pytest.fixture
@@ -184,7 +208,7 @@ def test_champion_alias_first_kept_and_moved(prepared_dir, tiny_model_path, tmp_
     candidates = [  # evaluated in this order: test F1 2/3 (all crack), 0 (all no crack), then the trained model
         ("all_crack", _constant_model(trained, 0.9), 0.5),
         ("no_crack", _constant_model(trained, 0.1), 0.5),
-        ("trained", trained, "auto"),
+        ("trained", trained, "f1"),
     ]
     client = MlflowClient()
     runs, f1s = [], []

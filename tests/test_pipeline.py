@@ -77,7 +77,7 @@ def photo_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workspace(server, tmp_path_factory, photo_set):
-    return served_workspace(tmp_path_factory, server, seed=3, evaluate={"threshold": "auto"},
+    return served_workspace(tmp_path_factory, server, seed=3, evaluate={"threshold": "f1"},
                             photos={"dir": str(photo_set)})
 
 

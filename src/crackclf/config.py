@@ -32,6 +32,9 @@ ShareOrAuto = Annotated[float | Literal["auto"],
                         _or_auto(lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number from 0 to 1")]
 TimesOrAuto = Annotated[int | Literal["auto"],
                         _or_auto(lambda v: isinstance(v, int) and 1 <= v <= 100, "a whole number from 1 to 100")]
+Threshold = Annotated[float | Literal["auto", "f1"],
+                      _or_auto(lambda v: v == "f1" or isinstance(v, (int, float)) and 0 <= v <= 1,
+                               "a number from 0 to 1, 'f1'")]
 BoolOrAuto = Annotated[bool | Literal["auto"], _or_auto(lambda v: isinstance(v, bool), "true, false")]
 
 
@@ -143,7 +146,8 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    threshold: ShareOrAuto = 0.5  # auto: the F1-best threshold on validation
+    # f1: the F1-best on validation; auto: that where training rebalanced own tiles' classes, else 0.5
+    threshold: Threshold = "auto"
     batch_size: PositiveInt = 256
     worst_examples: Annotated[int, Field(ge=0, le=100)] = 16
     # The unfamiliar-input score (crackclf.unfamiliar), fitted here so that changing it retrains nothing.

@@ -62,6 +62,14 @@ def read_manifest(data_dir: str | Path, split: str | None = None) -> list[dict[s
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def _repeats(rows: list[dict[str, str]]) -> dict[tuple[str, str], float]:
+    """How often the train split repeats each image of a (source, class), from manifest rows."""
+    kinds = [(r.get("source", ""), r["label"]) for r in rows]  # manifests before sources had no column
+    train = [(k, r["file"]) for k, r in zip(kinds, rows) if r["split"] == "train"]
+    times, distinct = Counter(k for k, _ in train), Counter(k for k, _ in set(train))
+    return {k: times[k] / distinct[k] for k in distinct}
+
+
 def train_repeats(data_dir: str | Path, split: str = "val") -> np.ndarray | None:
     """For each image of ``split`` (array order), how often the train split repeats images of its source
     and class; None when it repeats none (or there is no manifest).
@@ -74,9 +82,17 @@ def train_repeats(data_dir: str | Path, split: str = "val") -> np.ndarray | None
     if not (Path(data_dir) / "manifest.csv").exists():
         return None
     rows = read_manifest(data_dir)
-    kinds = [(r.get("source", ""), r["label"]) for r in rows]  # manifests before sources had no column
-    train = [(k, r["file"]) for k, r in zip(kinds, rows) if r["split"] == "train"]
-    times, distinct = Counter(k for k, _ in train), Counter(k for k, _ in set(train))
-    weights = np.array([times[k] / distinct[k] if k in distinct else 1.0
-                        for k, r in zip(kinds, rows) if r["split"] == split], np.float32)
+    repeats = _repeats(rows)
+    weights = np.array([repeats.get((r.get("source", ""), r["label"]), 1.0) for r in rows if r["split"] == split],
+                       np.float32)
     return weights if (weights != 1).any() else None
+
+
+def rebalanced(data_dir: str | Path) -> bool:
+    """Whether training repeated one class of a source more often than the other
+    (``preprocess.extra_balance``): then the model's 0.5 answers for a mix that photos do not hold."""
+    if not (Path(data_dir) / "manifest.csv").exists():
+        return False
+    repeats = _repeats(read_manifest(data_dir))
+    return any(repeats[source, "0"] != repeats[source, "1"]
+               for source, label in repeats if label == "1" and (source, "0") in repeats)

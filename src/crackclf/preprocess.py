@@ -84,7 +84,7 @@ def run(params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Pa
     splits = {s: sorted(splits[s] + extra[s], key=_array_order) for s in dataset.SPLITS}
     train, dataset_times = oversampled(splits["train"], pp.extra_oversample, pp.extra_balance,
                                        pp.dataset_oversample, pp.extra_balance_ratio)
-    metrics = _metrics(files, splits, pp.extra_oversample, pp.extra_balance, dataset_times)
+    metrics = _metrics(files, splits, pp, dataset_times)
     splits["train"] = train
     with atomic_dir(out_dir) as tmp:
         _write_outputs(tmp, read, files, splits, pp.image_size, workers)
@@ -565,8 +565,7 @@ def oversampled(train: list[Entry], oversample: int, balance: bool | str,
     return [im for im, n in zip(train, repeats) for _ in range(n or dataset_oversample)], dataset_oversample
 
 
-def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, balance: bool | str = False,
-             dataset_times: int = 1) -> dict:
+def _metrics(files: Files, splits: dict[str, list[Entry]], pp, dataset_times: int) -> dict:
     def per_class(images: list[Entry]) -> dict[str, int]:
         counts = {name: sum(im.label == label for im in images) for label, name in enumerate(dataset.LABEL_NAMES)}
         return {**counts, "total": len(images)}
@@ -582,8 +581,9 @@ def _metrics(files: Files, splits: dict[str, list[Entry]], oversample: int = 1, 
         "splits": {s: per_class(ims) for s, ims in splits.items()},
         "sources": {src: {s: per_class([im for im in ims if im.source == src]) for s, ims in splits.items()}
                     for src in sorted({im.source for im in files.kept})},
-        "extra_oversample": oversample,  # extra sources' train tiles appear this many times in the train arrays
-        "extra_balance": balance,  # ... and their rarer class more, as often as the commoner one
+        "extra_oversample": pp.extra_oversample,  # extra sources' train tiles appear this many times in train
+        "extra_balance": pp.extra_balance,  # ... and their rarer class more, as often as the commoner one
+        "extra_balance_ratio": pp.extra_balance_ratio,  # ... or up to this share of it
         "dataset_oversample": dataset_times,  # the dataset's train patches appear this many times
     }
 
