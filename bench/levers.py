@@ -91,21 +91,22 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-x3-faint-cracks": {"preprocess": OWN_X3, "train": {"faint_cracks": 0.2}},
     # Both kinds of faint crack: the faded patches for recall, the faded cracks for ranking.
     "own-faint-both": {"preprocess": OWN, "train": {"faint_positives": 0.1, "faint_cracks": 0.2}},
-    "own": {"preprocess": OWN},  # half A's tiles, each once
+    "own": {"preprocess": OWN},  # half A's tiles: the defaults (at x 1 each once)
     # Own labels as before preprocess.dataset_oversample: auto, which repeats the sample's patches when own
     # tiles outnumber them: only with --upscale here (at x 1 auto repeats nothing and `own` is this lever).
     "own-no-dataset-oversample": {"preprocess": {**OWN, "dataset_oversample": 1, "extra_balance": False}},
     # Own tiles of large photos are mostly plain concrete (9 to 16 % crack at --upscale 4 to 6): each folder's
     # crack tiles repeated as often as its no-crack ones, the dataset's patches as often as all of them.
     # extra_balance: auto (the default) does that only where crack is the rarer class: at --upscale 4 `own`
-    # is `own-balance`, at x 1 (uav75's tiles two-thirds crack) it is `own-no-balance`.
-    "own-balance": {"preprocess": {**OWN, "extra_balance": True}},
-    "own-no-balance": {"preprocess": {**OWN, "extra_balance": False}},
+    # is `own-balance` with the threshold evaluate.threshold: auto then picks, at x 1 (uav75's tiles
+    # two-thirds crack) it is `own-no-balance`. Both at 0.5, as measured before threshold auto.
+    "own-balance": {"preprocess": {**OWN, "extra_balance": True}, "evaluate": {"threshold": 0.5}},
+    "own-no-balance": {"preprocess": {**OWN, "extra_balance": False}, "evaluate": {"threshold": 0.5}},
     # Part way: crack tiles up to half the no-crack ones (at x 4 each twice instead of four times).
-    "own-balance-half": {"preprocess": {**OWN, "extra_balance_ratio": 0.5}},
-    # Balanced, the model is trained on a 1 : 1 mix but meets photos where cracks are rare; the unweighted
-    # validation split holds the photos' own mix, so its F1-best threshold may correct for that.
-    "own-threshold-auto": {"preprocess": OWN, "evaluate": {"threshold": "auto"}},
+    "own-balance-half": {"preprocess": {**OWN, "extra_balance_ratio": 0.5}, "evaluate": {"threshold": 0.5}},
+    # The F1-best threshold on the validation split whatever the own tiles' mix (threshold auto takes it
+    # only where training rebalanced them).
+    "own-threshold-f1": {"preprocess": OWN, "evaluate": {"threshold": "f1"}},
     "own-x2": {"preprocess": {**OWN, "extra_oversample": 2}},
     "own-x3": {"preprocess": OWN_X3},
     "own-x3-long": {"preprocess": OWN_X3, "train": {"epochs": 40, "early_stopping_patience": 6}},
@@ -113,10 +114,11 @@ LEVERS = {  # over today's params.yaml; "tiles": options of `crackclf tiles` for
     "own-dense": {"preprocess": OWN, "tiles": ["--stride", "76"]},  # A cut into overlapping tiles: 2.8x as many
     "scale2": {"predict": {"photo_scale": 2}},  # tiles of 114 photo px: thin cracks twice as wide at the input
     "own-scale2": {"preprocess": OWN, "predict": {"photo_scale": 2}},  # A cut, trained and B scored at that scale
-    "own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}},
+    "own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}, "evaluate": {"threshold": 0.5}},
     "uncentred-own": {"preprocess": OWN, "train": UNCENTRED},
     "uncentred-own-x3": {"preprocess": OWN_X3, "train": UNCENTRED},
-    "uncentred-own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}, "train": UNCENTRED},
+    "uncentred-own-balanced": {"preprocess": {**OWN_X3, "extra_balance": True}, "train": UNCENTRED,
+                               "evaluate": {"threshold": 0.5}},
 }
 
 
