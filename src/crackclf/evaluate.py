@@ -2,8 +2,9 @@
 
 The decision threshold is ``evaluate.threshold``, or with ``f1`` (and ``auto`` where
 training rebalanced own tiles) the F1-best threshold on the validation split: choosing
-it on test would leak test labels into the score that is meant to estimate new photos. The metric computation is a
-pure function of (labels, probabilities, threshold), so tests check it by hand.
+it on test would leak test labels into the score that is meant to estimate new photos.
+The metric computation is a pure function of (labels, probabilities, threshold), so
+tests check it by hand.
 
 Results go to the metrics JSON (``dvc exp show``), plot data and PNGs
 (``dvc plots show``), ``threshold.json`` beside the model (``crackclf predict``
@@ -138,7 +139,7 @@ def choose_threshold(setting, data_dir: Path, model: Model, batch_size: int) -> 
 
     ``auto`` is 0.5 unless training repeated one class of a source more than the other
     (``preprocess.extra_balance``): a model trained on a 1 : 1 mix of own tiles calls too much crack on
-    photos where 1 tile in 9 is one, and the validation split, unrepeated, holds their own mix. The
+    photos where 1 tile in 9 is crack, and the validation split, unrepeated, holds their own mix. The
     F1-best threshold there (0.70 to 0.85) kept half B's F1 and won dataset accuracy back (README, Many
     own tiles); with each class as often as the data holds it, 0.5 did best.
     """
