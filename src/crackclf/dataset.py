@@ -62,10 +62,14 @@ def read_manifest(data_dir: str | Path, split: str | None = None) -> list[dict[s
     return [r for r in rows if split is None or r["split"] == split]
 
 
+def _kind(row: dict[str, str]) -> tuple[str, str]:
+    """(source, label) of a manifest row; manifests before sources had no source column."""
+    return row.get("source", ""), row["label"]
+
+
 def _repeats(rows: list[dict[str, str]]) -> dict[tuple[str, str], float]:
-    """How often the train split repeats each image of a (source, class), from manifest rows."""
-    kinds = [(r.get("source", ""), r["label"]) for r in rows]  # manifests before sources had no column
-    train = [(k, r["file"]) for k, r in zip(kinds, rows) if r["split"] == "train"]
+    """How often the train split repeats each image of a (source, label), from manifest rows."""
+    train = [(_kind(r), r["file"]) for r in rows if r["split"] == "train"]
     times, distinct = Counter(k for k, _ in train), Counter(k for k, _ in set(train))
     return {k: times[k] / distinct[k] for k in distinct}
 
@@ -83,8 +87,7 @@ def train_repeats(data_dir: str | Path, split: str = "val") -> np.ndarray | None
         return None
     rows = read_manifest(data_dir)
     repeats = _repeats(rows)
-    weights = np.array([repeats.get((r.get("source", ""), r["label"]), 1.0) for r in rows if r["split"] == split],
-                       np.float32)
+    weights = np.array([repeats.get(_kind(r), 1.0) for r in rows if r["split"] == split], np.float32)
     return weights if (weights != 1).any() else None
 
 
